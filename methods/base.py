@@ -1,0 +1,175 @@
+"""The contract every unlearning method honours, and the reference-model cache they share.
+
+The training loop knows only this file: it builds a method by name, hands it batches in the layout below, calls
+`training_step`, and calls the optional hooks. What a method does inside is its own business.
+
+Batch layout: a dict of *parts*, each part a dict of tensors `input_ids`, `attention_mask`, `labels` (HF
+convention: prompt and padding labels are -100) and `index` (int64 row ids, unique within the part's data set, used
+to cache the frozen reference model's outputs). Parts:
+- `forget`: always present.
+- `retain`: when `uses_retain`.
+- `alternate`: when `uses_alternate`; row i holds the same question as `forget` row i with an "I don't know" answer.
+- `analogous`: when `uses_analogous`; row i is the nearest retained neighbour of `forget` row i (ICU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Protocol
+
+import pydantic
+import torch
+
+from methods.numerics import shift_for_next_token, token_mask
+
+Batch = dict[str, dict[str, torch.Tensor]]
+BatchPart = dict[str, torch.Tensor]
+
+
+class Hyperparameters(pydantic.BaseModel):
+    """Base of every method's hyperparameters: unknown keys are an error, values are validated on build."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class StepEngine(Protocol):
+    """What a method's `training_step` may do to the trainable model: plain torch or a DeepSpeed engine."""
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def step(self) -> None:
+        """Optimizer step, scheduler step and zero_grad."""
+
+
+@dataclass(frozen=True)
+class ForgetSample:
+    """One forget example as a method's epoch-end hook sees it (ICU's refinement)."""
+
+    index: int
+    prompt_ids: torch.Tensor  # 1-D, the question with the prompt template applied
+    answer_ids: torch.Tensor  # 1-D, the true answer tokens (no padding)
+
+
+class UnlearningMethod:
+    """Base class: subclasses set `name`, `Hyperparameters`, the `uses_*` flags, and implement `loss`."""
+
+    name: ClassVar[str]
+    Hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
+    needs_reference: ClassVar[bool] = False
+    uses_retain: ClassVar[bool] = False
+    uses_alternate: ClassVar[bool] = False
+    uses_analogous: ClassVar[bool] = False
+    supports_deepspeed: ClassVar[bool] = True
+
+    def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
+        if self.needs_reference and reference is None:
+            raise ValueError(f"method {self.name!r} needs a frozen reference model; pass reference=...")
+        self.hparams = hparams
+        self.reference = reference
+        if reference is not None:
+            reference.eval()
+            for parameter in reference.parameters():
+                parameter.requires_grad_(False)
+        self.reference_cache = ReferenceCache()
+
+    # --- the contract -------------------------------------------------------------------------------------
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def training_step(self, model: torch.nn.Module, batch: Batch, engine: StepEngine) -> dict[str, float]:
+        """One optimisation step; methods with their own update rule (OFMU's two loops) override this."""
+        loss, logs = self.loss(model, batch)
+        engine.backward(loss)
+        engine.step()
+        return {"loss": float(loss.detach()), **logs}
+
+    # --- optional hooks -----------------------------------------------------------------------------------
+    def make_optimizer(
+        self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float
+    ) -> torch.optim.Optimizer | None:
+        """Return the optimizer this method prescribes (SOUL: Sophia), or None for the loop's default AdamW."""
+        return None
+
+    def init_adapters(
+        self, model: torch.nn.Module, forget_batches: Iterable[BatchPart], retain_batches: Iterable[BatchPart]
+    ) -> torch.nn.Module:
+        """Wrap the model in adapters before training (FILA); the default trains the model as it is."""
+        return model
+
+    def on_epoch_end(
+        self, model: torch.nn.Module, forget: list[ForgetSample], holdout: list[ForgetSample]
+    ) -> set[int] | None:
+        """Forget-set indices to keep training on (ICU's refinement); None keeps all. An empty set ends training."""
+        return None
+
+    # --- helpers for subclasses ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def reference_logits(self, part: BatchPart) -> torch.Tensor:
+        assert self.reference is not None
+        return self.reference(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.hparams!r})"
+
+
+class ReferenceCache:
+    """Caches a frozen model's outputs per example, so the reference forward runs once per example, not per step.
+
+    Per-sequence values are stored as scalars; per-token values as the rows of the example's labelled positions
+    (so padding and batch composition do not matter). Tensors are kept on the CPU in the dtype given.
+    """
+
+    def __init__(self) -> None:
+        self._sequence: dict[tuple[str, int], torch.Tensor] = {}
+        self._token: dict[tuple[str, int], torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._sequence) + len(self._token)
+
+    def per_sequence(
+        self, key: str, part: BatchPart, compute: Callable[[BatchPart], torch.Tensor]
+    ) -> torch.Tensor:
+        """`[batch]` values; `compute(part)` is called (under no_grad) only if some row is missing."""
+        indices = [int(i) for i in part["index"].tolist()]
+        if all((key, i) in self._sequence for i in indices):
+            self.hits += len(indices)
+            return torch.stack([self._sequence[(key, i)] for i in indices]).to(part["input_ids"].device)
+        with torch.no_grad():
+            values = compute(part).detach()
+        self.misses += len(indices)
+        for i, value in zip(indices, values.cpu()):
+            self._sequence[(key, i)] = value
+        return values
+
+    def per_token(
+        self,
+        key: str,
+        part: BatchPart,
+        compute: Callable[[BatchPart], torch.Tensor],
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """`[batch, seq - 1, ...]` values aligned with the shifted labels; unlabelled positions are zero."""
+        _, shifted_labels = shift_for_next_token(part["input_ids"].unsqueeze(-1), part["labels"])
+        mask = token_mask(shifted_labels).bool()
+        indices = [int(i) for i in part["index"].tolist()]
+        device = part["input_ids"].device
+        if all((key, i) in self._token for i in indices):
+            self.hits += len(indices)
+            rows = [self._token[(key, i)] for i in indices]
+            out = torch.zeros((*mask.shape, *rows[0].shape[1:]), dtype=torch.float32, device=device)
+            for b, row in enumerate(rows):
+                out[b, mask[b]] = row.to(device=device, dtype=torch.float32)
+            return out
+        with torch.no_grad():
+            values = compute(part).detach()
+        self.misses += len(indices)
+        for b, i in enumerate(indices):
+            self._token[(key, i)] = values[b, mask[b]].to(device="cpu", dtype=dtype)
+        return values.float() * mask.reshape(*mask.shape, *([1] * (values.dim() - 2)))
+
+
+def as_float_logs(**values: Any) -> dict[str, float]:
+    """Detach tensors into plain floats for logging."""
+    return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in values.items()}

@@ -1,0 +1,1 @@
+"""Everything that runs methods: data, evaluation, the Ray Train loop, sweeps, request streams and the CLI."""

@@ -1,0 +1,1 @@
+"""Data sources (synthetic people, TOFU, text corpora), the local tokenizer, and tokenisation into batches."""

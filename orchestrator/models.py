@@ -1,0 +1,46 @@
+"""Model construction: the tiny Llama-architecture model of the embedded default, and loading real ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+
+def tiny_llama_config(
+    vocab_size: int,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 256,
+    max_positions: int = 256,
+    pad_token_id: int | None = 0,
+    bos_token_id: int | None = 1,
+    eos_token_id: int | None = 2,
+) -> LlamaConfig:
+    """A Llama-architecture config small enough to fine-tune on two CPU cores in a minute."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def tiny_llama(vocab_size: int, seed: int = 0, **overrides) -> LlamaForCausalLM:
+    """A freshly initialised tiny Llama; the same seed gives the same weights."""
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(vocab_size, **overrides))
+
+
+def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Load an HF causal LM from a local folder or hub id (`from_pretrained`)."""
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
