@@ -7,6 +7,7 @@ from methods.registry import (
     build,
     hyperparameter_help,
     method_class,
+    needs_reference,
     register,
     validate_hyperparameters,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "build",
     "hyperparameter_help",
     "method_class",
+    "needs_reference",
     "register",
     "validate_hyperparameters",
 ]

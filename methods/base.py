@@ -55,14 +55,21 @@ class UnlearningMethod:
 
     name: ClassVar[str]
     Hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
-    needs_reference: ClassVar[bool] = False
-    uses_retain: ClassVar[bool] = False
-    uses_alternate: ClassVar[bool] = False
-    uses_analogous: ClassVar[bool] = False
-    supports_deepspeed: ClassVar[bool] = True
+    # Class defaults; a method whose needs depend on its hyperparameters sets them per instance in __init__
+    # (and overrides `wants_reference`). The orchestrator reads them from the built instance.
+    needs_reference: bool = False
+    uses_retain: bool = False
+    uses_alternate: bool = False
+    uses_analogous: bool = False
+    supports_deepspeed: bool = True
+
+    @classmethod
+    def wants_reference(cls, hparams: Hyperparameters) -> bool:
+        """Whether a method with these hyperparameters needs the frozen reference model at construction."""
+        return cls.needs_reference
 
     def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
-        if self.needs_reference and reference is None:
+        if self.wants_reference(hparams) and reference is None:
             raise ValueError(f"method {self.name!r} needs a frozen reference model; pass reference=...")
         self.hparams = hparams
         self.reference = reference

@@ -72,6 +72,11 @@ def validate_hyperparameters(name: str, hparams: dict[str, Any] | None = None) -
         raise MethodConfigError(f"method {name!r}: {_one_line(err)}") from None
 
 
+def needs_reference(name: str, hparams: dict[str, Any] | None = None) -> bool:
+    """Whether `build(name, **hparams)` needs a frozen reference model (so callers load one only when needed)."""
+    return method_class(name).wants_reference(validate_hyperparameters(name, hparams))
+
+
 def build(name: str, reference: torch.nn.Module | None = None, **hparams: Any) -> UnlearningMethod:
     """Build method `name` with `hparams` (paper defaults for the rest); `reference` is the frozen original model."""
     cls = method_class(name)
