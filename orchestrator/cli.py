@@ -1,0 +1,150 @@
+"""`unlearn`: a thin command line over the library. Each command parses, calls one function, prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+
+class _Progress:
+    """Timestamped progress lines on stderr, so stdout stays for results."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    if getattr(args, "method", None):
+        out["method.name"] = args.method
+        out["method.hparams"] = {}
+    for key in ("workers", "deepspeed"):
+        if getattr(args, key, None) is not None:
+            out[f"train.{key}"] = getattr(args, key)
+    if getattr(args, "output", None):
+        out["output_dir"] = args.output
+    if getattr(args, "address", None):
+        out["ray.address"] = args.address
+    for item in getattr(args, "set", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _load(args: argparse.Namespace):
+    from orchestrator.config import load_config
+
+    config = load_config(args.config)
+    overrides = _overrides(args)
+    return config.with_overrides(**overrides) if overrides else config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.report import text_table
+    from orchestrator.run import run_unlearning
+
+    config = _load(args)
+    result = run_unlearning(config, progress=_Progress())
+    summary = result.to_dict()
+    print(f"\n{result.method} on {result.forget_size} forget examples, {result.world_size} worker(s), "
+          f"{result.seconds:.0f} s\n")
+    print(text_table(summary))
+    print(f"\nsummary: {Path(result.output_dir) / 'summary.json'}\nreport:  {Path(result.output_dir) / 'report.md'}"
+          f"\nmodel:   {result.model_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.prepare import evaluate_dir, eval_settings, load_data, load_tokenizer
+    from orchestrator.data.tokenize import PromptTemplate
+
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"model folder not found: {args.model}")
+    config = load_config(args.config)
+    data = load_data(config.data)
+    report = evaluate_dir(args.model, load_tokenizer(args.model), data, PromptTemplate(),
+                          eval_settings(config.eval, config.data.max_length))
+    print(json.dumps(report.summary, indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report import rerender
+
+    print(rerender(args.run_dir))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import methods
+
+    for name in methods.available_methods():
+        print(name)
+        for field, (default, help_text) in methods.hyperparameter_help(name).items():
+            print(f"  {field} = {default!r}  {help_text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unlearn", description="Make a language model forget, on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="one unlearning job: target model + forget data + method -> model + report")
+    run.add_argument("config", nargs="?", help="experiment YAML (default: the embedded tiny default)")
+    run.add_argument("--method", help="method name (its paper-default hyperparameters)")
+    run.add_argument("--output", help="output folder")
+    run.add_argument("--workers", type=int, help="Ray Train workers")
+    run.add_argument("--deepspeed", help="DeepSpeed JSON config")
+    run.add_argument("--address", help="Ray cluster address to join")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-4")
+    run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("eval", help="the metrics alone, for a model folder")
+    ev.add_argument("model", help="HF model folder (with its tokenizer)")
+    ev.add_argument("config", nargs="?", help="experiment YAML naming the data (default: embedded default)")
+    ev.set_defaults(func=cmd_eval)
+
+    rep = sub.add_parser("report", help="re-render a run folder's report")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=cmd_report)
+
+    met = sub.add_parser("methods", help="list the methods and their hyperparameters")
+    met.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    args = build_parser().parse_args(argv)
+    from methods import MethodConfigError
+    from orchestrator.config import ConfigError
+
+    handled: tuple[type[BaseException], ...] = (ConfigError, MethodConfigError, FileNotFoundError, ValueError)
+    try:
+        from orchestrator.run import RunError
+
+        handled = handled + (RunError,)
+        return args.func(args)
+    except handled as err:
+        print(f"unlearn: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("unlearn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Experiment configuration: typed, validated when loaded, with one help text per field.
+
+An experiment YAML maps one to one onto `ExperimentConfig`. Every error names the key, the value and what is
+allowed, in one line, before anything expensive starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+import methods
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message is one line naming the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyModelConfig(_Section):
+    """Shape of the embedded tiny Llama-architecture model."""
+
+    hidden_size: int = Field(128, gt=0, description="Hidden width.")
+    num_layers: int = Field(4, gt=0, description="Transformer blocks.")
+    num_heads: int = Field(4, gt=0, description="Attention heads (must divide hidden_size).")
+    intermediate_size: int = Field(256, gt=0, description="MLP width.")
+    vocab_size: int = Field(1024, ge=260, description="Size of the locally trained BPE vocabulary.")
+
+    @pydantic.model_validator(mode="after")
+    def _heads_divide(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} must divide hidden_size={self.hidden_size}")
+        return self
+
+
+class FinetuneConfig(_Section):
+    """How the tiny target and retain models are fine-tuned so that there is something to forget."""
+
+    epochs: int = Field(40, gt=0, description="Passes over the training data.")
+    lr: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (linear decay after 5% warm-up).")
+    batch_size: int = Field(32, gt=0, description="Examples per step.")
+    seed: int = Field(0, description="Initialisation and shuffling seed.")
+
+
+class ModelConfig(_Section):
+    """The model to unlearn from."""
+
+    name: str = Field(
+        "tiny",
+        description="'tiny': the embedded tiny Llama fine-tuned here on the data; otherwise a HF hub id or local "
+        "folder of an already fine-tuned target model (e.g. a TOFU-finetuned Llama-2-7b).",
+    )
+    retain_model: str | None = Field(
+        None,
+        description="HF id or folder of a model fine-tuned on the retain data only (the forget-quality reference). "
+        "Trained here for 'tiny'; without it, forget quality and privacy leakage are not computed.",
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer id/folder; defaults to the model's own.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype for training.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of the tiny model.")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Tiny target/retain fine-tuning.")
+
+
+class SyntheticDataConfig(_Section):
+    n_people: int = Field(100, ge=10, description="Fictitious people in the training data.")
+    questions_per_person: int = Field(8, ge=1, le=8, description="QA pairs per person.")
+    seed: int = Field(0, description="Generator seed: the same seed gives the same people.")
+
+
+class TextDataConfig(_Section):
+    forget: str = Field(description="Forget corpus: .txt (passages split by blank lines) or .jsonl with 'text'.")
+    retain: str = Field(description="Retain corpus, same formats.")
+    holdout: str | None = Field(None, description="Never-trained passages for MIA; default: 10% of retain.")
+
+
+class DataConfig(_Section):
+    """Where the forget / retain / holdout data come from."""
+
+    source: Literal["synthetic", "tofu", "text"] = Field("synthetic", description="Data source.")
+    forget_fraction: Literal[0.01, 0.05, 0.10] = Field(
+        0.10, description="Share of people to forget (TOFU's forget01/05/10)."
+    )
+    synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
+    tofu_path: str = Field("locuslab/TOFU", description="HF dataset id or local copy of TOFU.")
+    text: TextDataConfig | None = Field(None, description="Corpus files when source is 'text'.")
+    max_length: int = Field(128, ge=8, description="Token budget per training row (prompt + answer).")
+
+    @pydantic.model_validator(mode="after")
+    def _text_needs_files(self) -> "DataConfig":
+        if self.source == "text" and self.text is None:
+            raise ValueError("data.source 'text' needs data.text.forget and data.text.retain")
+        return self
+
+
+class MethodConfig(_Section):
+    """Which unlearning method, with which hyperparameters (paper defaults for those not given)."""
+
+    name: str = Field("npo", description="A registered method; `unlearn methods` lists them.")
+    hparams: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters.")
+
+    @pydantic.model_validator(mode="after")
+    def _method_exists(self) -> "MethodConfig":
+        methods.validate_hyperparameters(self.name, self.hparams)
+        return self
+
+
+class LoraConfig(_Section):
+    rank: int = Field(8, gt=0, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha (scaling = alpha / rank).")
+    target_modules: list[str] | str = Field("all-linear", description="Modules to adapt.")
+
+
+class TrainConfig(_Section):
+    """The unlearning run itself: optimisation and how it is spread over Ray Train workers."""
+
+    epochs: int = Field(5, gt=0, description="Passes over the forget set.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps for linear warm-up.")
+    batch_size: int = Field(8, gt=0, description="Forget examples per step per worker (retain batches match).")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null disables.")
+    seed: int = Field(0, description="Shuffling seed.")
+    lora: LoraConfig | None = Field(None, description="Train LoRA adapters (peft) instead of all weights.")
+    workers: int = Field(1, gt=0, description="Ray Train workers.")
+    cpus_per_worker: int | None = Field(None, gt=0, description="CPUs per worker; default: all local CPUs / workers.")
+    use_gpu: bool = Field(False, description="One GPU per worker.")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON config (cluster/deepspeed/*.json).")
+    checkpoint_every_epochs: int = Field(1, gt=0, description="Report a resumable checkpoint every N epochs.")
+    max_failures: int = Field(0, ge=0, description="Worker failures to survive by resuming from a checkpoint.")
+    log_every: int = Field(5, gt=0, description="Report metrics every N steps.")
+
+
+class EvalConfig(_Section):
+    max_per_split: int = Field(200, gt=0, description="Examples evaluated per split (deterministic subsample).")
+    batch_size: int = Field(32, gt=0, description="Evaluation batch size.")
+    max_new_tokens: int = Field(48, gt=0, description="Greedy tokens generated per answer.")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(
+        None, description="Ray cluster to join ('auto', 'ray://...'); default: a running one, else start locally."
+    )
+    num_cpus: int | None = Field(None, gt=0, description="CPUs of a locally started Ray; default: all.")
+
+
+class ExperimentConfig(_Section):
+    """One unlearning experiment."""
+
+    name: str = Field("default", description="Experiment name; names the output folder.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    output_dir: str | None = Field(None, description="Output folder; default runs/<name>-<method>.")
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> "ExperimentConfig":
+        if self.model.name == "tiny" and self.data.source == "tofu":
+            pass  # allowed: a tiny model fine-tuned on real TOFU with a locally trained tokenizer
+        if self.train.deepspeed is not None and not Path(self.train.deepspeed).is_file():
+            raise ValueError(f"train.deepspeed: no such file {self.train.deepspeed!r}")
+        return self
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}-{self.method.name}")
+
+    def with_overrides(self, **dotted: Any) -> "ExperimentConfig":
+        """A copy with `section.key=value` overrides applied and validated again (CLI flags, sweeps)."""
+        data = self.model_dump()
+        for key, value in dotted.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return parse_config(data, source="overrides")
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "config") -> ExperimentConfig:
+    """Validate a config mapping; raise ConfigError with one line per problem, naming key and value."""
+    try:
+        return ExperimentConfig(**(data or {}))
+    except methods.MethodConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    except pydantic.ValidationError as err:
+        raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in err.errors())) from None
+
+
+def load_config(path: str | os.PathLike | None) -> ExperimentConfig:
+    """Load and validate an experiment YAML; None gives the embedded default."""
+    if path is None:
+        return parse_config({}, source="embedded default")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return parse_config(data, source=str(path))
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "config"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {where!r}"
+    if error["type"] == "missing":
+        return f"missing key {where!r}"
+    value = error.get("input")
+    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    return f"{where}{shown}: {message}"

@@ -1,0 +1,203 @@
+"""Preparation shared by every run of the same problem: data, tokenizer, target and retain models, their reports.
+
+All of it is content-addressed in the cache, so the first `unlearn run` pays for fine-tuning the tiny models and
+every later run, sweep trial or stream request with the same data and model finds them ready.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from orchestrator.cache import ArtifactCache, content_key
+from orchestrator.config import DataConfig, EvalConfig, ExperimentConfig
+from orchestrator.data.schema import Example, UnlearningData
+from orchestrator.data.tokenize import PromptTemplate, encode
+from orchestrator.evaluation import EvalReport, EvalSettings, evaluate_model
+
+Progress = Callable[[str], None]
+REPORT_FILE = "report.json"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What every unlearning run of one problem starts from."""
+
+    data: UnlearningData
+    data_fingerprint: str
+    template: PromptTemplate
+    tokenizer_dir: str
+    target_dir: str
+    retain_dir: str | None
+    target_report: EvalReport
+    retain_report: EvalReport | None
+
+
+def load_data(cfg: DataConfig) -> UnlearningData:
+    """Build or load the configured data set and check it is usable."""
+    from orchestrator.data.splits import validate
+
+    if cfg.source == "synthetic":
+        from orchestrator.data.synthetic import make_synthetic_data
+
+        data = make_synthetic_data(
+            seed=cfg.synthetic.seed,
+            n_people=cfg.synthetic.n_people,
+            questions_per_person=cfg.synthetic.questions_per_person,
+            forget_fraction=cfg.forget_fraction,
+        )
+    elif cfg.source == "tofu":
+        from orchestrator.data.tofu import load_tofu
+
+        data = load_tofu(forget_split=f"forget{round(cfg.forget_fraction * 100):02d}", path=cfg.tofu_path)
+    else:
+        from orchestrator.data.text_corpus import load_text_corpus
+
+        assert cfg.text is not None
+        data = load_text_corpus(cfg.text.forget, cfg.text.retain, cfg.text.holdout)
+    validate(data)
+    return data
+
+
+def fingerprint(data: UnlearningData) -> str:
+    """Hash of every example of every split: two data sets with the same fingerprint are the same problem."""
+    digest = hashlib.sha256()
+    for split in ("forget", "retain", "neighbour", "holdout", "world"):
+        for example in getattr(data, split):
+            digest.update(json.dumps([split, example.id, example.question, example.answer,
+                                      example.paraphrased_answer, list(example.perturbed_answers),
+                                      example.idk_answer]).encode())
+    return digest.hexdigest()[:16]
+
+
+def eval_settings(cfg: EvalConfig, max_length: int) -> EvalSettings:
+    return EvalSettings(max_per_split=cfg.max_per_split, batch_size=cfg.batch_size,
+                        max_new_tokens=cfg.max_new_tokens, max_length=max_length)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def encode_rows(tokenizer, examples: tuple[Example, ...] | list[Example], template: PromptTemplate, max_length: int,
+                offset: int = 0):
+    return [encode(tokenizer, e, offset + i, template, max_length) for i, e in enumerate(examples)]
+
+
+def evaluate_dir(model_dir: str | Path, tokenizer, data: UnlearningData, template: PromptTemplate,
+                 settings: EvalSettings, retain_reference: EvalReport | None = None) -> EvalReport:
+    from orchestrator.models import load_causal_lm
+
+    model = load_causal_lm(model_dir)
+    return evaluate_model(model, tokenizer, data, template, settings, retain_reference=retain_reference)
+
+
+def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progress: Progress = print) -> Prepared:
+    """Data, tokenizer, target and retain models and their evaluations, from the cache where possible."""
+    cache = cache or ArtifactCache()
+    template = PromptTemplate()
+    data = load_data(config.data)
+    data_fp = fingerprint(data)
+    progress(f"data: {data.name}: forget {len(data.forget)}, retain {len(data.retain)}, "
+             f"neighbour {len(data.neighbour)}, holdout {len(data.holdout)}, world {len(data.world)} examples")
+    settings = eval_settings(config.eval, config.data.max_length)
+    eval_spec = {"eval": config.eval.model_dump(), "data": data_fp, "max_length": config.data.max_length}
+
+    if config.model.name == "tiny":
+        tokenizer_dir = _tiny_tokenizer(cache, data, data_fp, template, config, progress)
+        tokenizer = load_tokenizer(tokenizer_dir)
+        target_dir = _tiny_model(cache, "target", data.training_examples(), tokenizer, tokenizer_dir, template,
+                                 config, data_fp, progress)
+        retain_dir: str | None = _tiny_model(cache, "retain", data.retain_training_examples(), tokenizer,
+                                             tokenizer_dir, template, config, data_fp, progress)
+    else:
+        tokenizer_dir = config.model.tokenizer or config.model.name
+        tokenizer = load_tokenizer(tokenizer_dir)
+        target_dir, retain_dir = config.model.name, config.model.retain_model
+
+    retain_report = None
+    if retain_dir is not None:
+        retain_report = _cached_report(cache, "retain-report", retain_dir, eval_spec, tokenizer, data, template,
+                                       settings, None, progress)
+    target_report = _cached_report(cache, "target-report", target_dir, eval_spec, tokenizer, data, template,
+                                   settings, retain_report, progress)
+    return Prepared(data, data_fp, template, str(tokenizer_dir), str(target_dir),
+                    None if retain_dir is None else str(retain_dir), target_report, retain_report)
+
+
+def _tiny_tokenizer(cache: ArtifactCache, data: UnlearningData, data_fp: str, template: PromptTemplate,
+                    config: ExperimentConfig, progress: Progress) -> str:
+    from orchestrator.data.tokenizer import corpus_texts, train_tokenizer
+
+    spec = {"data": data_fp, "vocab_size": config.model.tiny.vocab_size, "template": template.__dict__}
+
+    def build(folder: Path) -> None:
+        progress(f"training a {config.model.tiny.vocab_size}-token BPE tokenizer on the data")
+        train_tokenizer(corpus_texts(data, template), vocab_size=config.model.tiny.vocab_size).save_pretrained(folder)
+
+    folder, _ = cache.get_or_build(content_key("tokenizer", spec), build, spec)
+    return str(folder)
+
+
+def _tiny_model(cache: ArtifactCache, role: str, examples: tuple[Example, ...], tokenizer, tokenizer_dir: str,
+                template: PromptTemplate, config: ExperimentConfig, data_fp: str, progress: Progress) -> str:
+    from orchestrator.finetune import finetune
+    from orchestrator.models import tiny_llama
+
+    ft = config.model.finetune
+    spec = {"role": role, "data": data_fp, "tokenizer": Path(tokenizer_dir).name, "tiny": config.model.tiny.model_dump(),
+            "finetune": ft.model_dump(), "max_length": config.data.max_length,
+            "examples": hashlib.sha256("\n".join(e.id for e in examples).encode()).hexdigest()[:16]}
+
+    def build(folder: Path) -> None:
+        progress(f"fine-tuning the tiny {role} model on {len(examples)} examples (cached for later runs)")
+        tiny = config.model.tiny
+        model = tiny_llama(len(tokenizer), seed=ft.seed, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
+                           num_heads=tiny.num_heads, intermediate_size=tiny.intermediate_size,
+                           max_positions=max(256, config.data.max_length), pad_token_id=tokenizer.pad_token_id,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        rows = encode_rows(tokenizer, examples, template, config.data.max_length)
+        with torch.random.fork_rng():
+            finetune(model, rows, tokenizer.pad_token_id, ft.epochs, ft.lr, ft.batch_size, seed=ft.seed,
+                     progress=progress, label=f"{role} model")
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    folder, cached = cache.get_or_build(content_key(f"tiny-{role}", spec), build, spec)
+    if cached:
+        progress(f"{role} model: cached at {folder}")
+    return str(folder)
+
+
+def _cached_report(cache: ArtifactCache, kind: str, model_dir: str, eval_spec: dict, tokenizer, data: UnlearningData,
+                   template: PromptTemplate, settings: EvalSettings, retain_reference: EvalReport | None,
+                   progress: Progress) -> EvalReport:
+    spec = {"model": _model_identity(model_dir), **eval_spec,
+            "reference": None if retain_reference is None else retain_reference.summary.get("forget_truth_ratio")}
+
+    def build(folder: Path) -> None:
+        progress(f"evaluating the {kind.removesuffix('-report')} model")
+        report = evaluate_dir(model_dir, tokenizer, data, template, settings, retain_reference)
+        (folder / REPORT_FILE).write_text(json.dumps(report.to_dict()))
+
+    folder, _ = cache.get_or_build(content_key(kind, spec), build, spec)
+    return EvalReport.from_dict(json.loads((folder / REPORT_FILE).read_text()))
+
+
+def _model_identity(model_dir: str) -> str:
+    """A model folder's content identity (its weight files' sizes and mtimes), or the hub id as given."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        return model_dir
+    files = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".bin", ".json"})
+    return json.dumps([[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in files] + [str(path.resolve())])

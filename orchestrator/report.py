@@ -1,0 +1,148 @@
+"""Reports of a run: the before/after table for the terminal, and a Markdown report with PNG plots.
+
+Everything here reads `summary.json`'s content, so `unlearn report <run dir>` can re-render a report at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+# (key, label, which direction is better after unlearning: "down", "up" or "" for informative)
+TABLE_ROWS = (
+    ("forget_rouge_l", "forget ROUGE-L recall", "down"),
+    ("forget_probability", "forget probability", "down"),
+    ("forget_truth_ratio", "forget truth ratio", ""),
+    ("extraction_strength", "forget extraction strength", "down"),
+    ("forget_quality", "forget quality (KS p-value)", "up"),
+    ("mia_auc", "MIA AUC (forget vs holdout)", ""),
+    ("privacy_leakage", "privacy leakage vs retain model", ""),
+    ("retain_rouge_l", "retain ROUGE-L recall", "up"),
+    ("retain_probability", "retain probability", "up"),
+    ("neighbour_rouge_l", "neighbour ROUGE-L recall", "up"),
+    ("model_utility", "model utility", "up"),
+    ("fluency", "fluency (n-gram entropy)", "up"),
+)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.3g}" if abs(value) < 1e-3 and value != 0 else f"{value:.3f}"
+    return str(value)
+
+
+def comparison_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, target, unlearned, retain model) rows for the metrics present."""
+    before, after = summary["before"], summary["after"]
+    retain = summary.get("retain_model") or {}
+    rows = []
+    for key, label, _ in TABLE_ROWS:
+        if key in before or key in after:
+            rows.append((label, _fmt(before.get(key)), _fmt(after.get(key)), _fmt(retain.get(key))))
+    return rows
+
+
+def text_table(summary: dict[str, Any]) -> str:
+    """The before/after table as aligned plain text, for the terminal."""
+    header = ("metric", "target (before)", "unlearned (after)", "retain model")
+    rows = [header] + comparison_rows(summary)
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    rows = comparison_rows(summary)
+    out = ["| metric | target (before) | unlearned (after) | retain model |", "|---|---:|---:|---:|"]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(out)
+
+
+def _plot_history(history: list[dict[str, float]], path: Path) -> bool:
+    if not history:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for h in history for k in h} - {"epoch", "step", "lr", "forget_size"})
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [h.get("step", i) for i, h in enumerate(history)]
+    for key in keys:
+        ax.plot(steps, [h.get(key, float("nan")) for h in history], label=key)
+    ax.set_xlabel("step")
+    ax.set_title("unlearning losses")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_before_after(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("forget_rouge_l", "retain_rouge_l", "neighbour_rouge_l", "model_utility", "mia_auc",
+                        "forget_quality") if isinstance(summary["after"].get(k), (int, float))]
+    before = [summary["before"].get(k) or 0.0 for k in keys]
+    after = [summary["after"].get(k) or 0.0 for k in keys]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = range(len(keys))
+    ax.bar([i - 0.2 for i in x], before, width=0.4, label="target (before)")
+    ax.bar([i + 0.2 for i in x], after, width=0.4, label="unlearned (after)")
+    ax.set_xticks(list(x), keys, rotation=20, fontsize=8)
+    ax.set_title(f"{summary['method']}: before and after")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(result_or_summary: Any, output_dir: str | Path) -> Path:
+    """Write report.md (+ PNG plots) for a run into `output_dir`; returns the report's path."""
+    summary = result_or_summary if isinstance(result_or_summary, dict) else result_or_summary.to_dict()
+    output = Path(output_dir)
+    _plot_before_after(summary, output / "before_after.png")
+    has_curve = _plot_history(summary.get("history", []), output / "loss_curve.png")
+    hp = ", ".join(f"{k}={v}" for k, v in summary["hyperparameters"].items())
+    lines = [
+        f"# Unlearning report: {summary['method']}",
+        "",
+        f"- hyperparameters: {hp or '(defaults)'}",
+        f"- forget examples: {summary['forget_size']}; workers: {summary['world_size']}; "
+        f"ZeRO stage: {summary.get('zero_stage') or '-'}",
+        f"- time: {summary['seconds']:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in summary['timings'].items())})",
+        "",
+        "## Before and after",
+        "",
+        markdown_table(summary),
+        "",
+        "![before and after](before_after.png)",
+    ]
+    if has_curve:
+        lines += ["", "## Training", "", "![loss curve](loss_curve.png)"]
+    lines += ["", f"Unlearned model: `{summary['model_dir']}` (HF format, `from_pretrained`).", ""]
+    path = output / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def rerender(run_dir: str | Path) -> Path:
+    """`unlearn report`: rebuild report.md and plots from a run folder's summary.json."""
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"no summary.json in {run_dir}: not a run folder")
+    return write_report(json.loads(summary_path.read_text()), run_dir)

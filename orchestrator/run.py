@@ -1,0 +1,240 @@
+"""The run function: the project's one entry to unlearning.
+
+`run_unlearning(config)` prepares (from the cache), unlearns inside a Ray Train `TorchTrainer`, evaluates, and
+writes `summary.json`, the unlearned model and a report. It joins a Ray that is already running (a Tune trial, a
+cluster named by `ray.address`) and starts a local one only when none is there. Sweeps and request streams call it
+many times; only the unlearning and the evaluation after it are paid per call.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import methods
+from orchestrator.config import ConfigError, ExperimentConfig
+from orchestrator.prepare import Prepared, encode_rows, evaluate_dir, eval_settings, load_tokenizer, prepare
+from orchestrator.train import EXPORT_DIR, SUMMARY_FILE, TrainJob, train_loop_per_worker
+
+Progress = Callable[[str], None]
+SUMMARY_KEYS = ("forget_rouge_l", "retain_rouge_l", "forget_quality", "model_utility", "mia_auc")
+
+
+@dataclass
+class RunResult:
+    """What one unlearning run produced; `summary.json` is its `to_dict()`."""
+
+    method: str
+    hyperparameters: dict[str, Any]
+    before: dict[str, Any]
+    after: dict[str, Any]
+    seconds: float
+    timings: dict[str, float]
+    output_dir: str
+    model_dir: str
+    world_size: int
+    zero_stage: int | None
+    forget_size: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    retain_model: dict[str, Any] | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RunError(RuntimeError):
+    """The unlearning run itself failed (a worker error); the message says where to look."""
+
+
+def ensure_ray(address: str | None, num_cpus: int | None, progress: Progress = print) -> None:
+    """Join the Ray named by `address`, else a running local one, else start one in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    try:
+        ray.init(address="auto", log_to_driver=True)
+        progress("joined the running Ray cluster")
+    except (ConnectionError, RuntimeError, ValueError):
+        progress("starting a local Ray")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def run_unlearning(
+    config: ExperimentConfig,
+    *,
+    target: str | Path | None = None,
+    before: dict[str, Any] | None = None,
+    prepared: Prepared | None = None,
+    progress: Progress = print,
+) -> RunResult:
+    """Unlearn `config.data`'s forget set from the target model (or from `target`, a model folder, when given)."""
+    started = time.perf_counter()
+    output = config.resolved_output_dir().resolve()
+    prepared = prepared or prepare(config, progress=progress)
+    t_prepared = time.perf_counter()
+    tokenizer = load_tokenizer(prepared.tokenizer_dir)
+    settings = eval_settings(config.eval, config.data.max_length)
+    target_dir = str(target) if target is not None else prepared.target_dir
+    if before is None:
+        before = (prepared.target_report if target is None else evaluate_dir(
+            target_dir, tokenizer, prepared.data, prepared.template, settings, prepared.retain_report)).summary
+
+    ensure_ray(config.ray.address, config.ray.num_cpus, progress)
+    job = _make_job(config, prepared, tokenizer, target_dir)
+    progress(f"unlearning {len(job.rows.forget)} forget examples with {config.method.name} "
+             f"on {config.train.workers} Ray Train worker(s)")
+    train_summary = _fit(config, job, output, progress)
+    t_trained = time.perf_counter()
+
+    model_dir = output / EXPORT_DIR
+    tokenizer.save_pretrained(model_dir)
+    progress("evaluating the unlearned model")
+    after = evaluate_dir(model_dir, tokenizer, prepared.data, prepared.template, settings,
+                         prepared.retain_report).summary
+    t_done = time.perf_counter()
+    result = RunResult(
+        method=config.method.name,
+        hyperparameters=methods.validate_hyperparameters(config.method.name, config.method.hparams).model_dump(),
+        before=before,
+        after=after,
+        seconds=round(t_done - started, 2),
+        timings={"prepare": round(t_prepared - started, 2), "unlearn": round(t_trained - t_prepared, 2),
+                 "evaluate": round(t_done - t_trained, 2), "train_loop": train_summary["train_seconds"]},
+        output_dir=str(output),
+        model_dir=str(model_dir),
+        world_size=train_summary["world_size"],
+        zero_stage=train_summary.get("zero_stage"),
+        forget_size=len(job.rows.forget),
+        history=train_summary["history"],
+        retain_model=prepared.retain_report.summary if prepared.retain_report else None,
+        train={"steps": train_summary["steps"], "epochs_run": train_summary["epochs_run"],
+               "reference_cache": train_summary["reference_cache"], "config": config.model_dump()},
+    )
+    (output / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+    from orchestrator.report import write_report
+
+    write_report(result, output)
+    return result
+
+
+def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_dir: str) -> TrainJob:
+    from methods import ForgetSample
+    from orchestrator.batching import UnlearningRows
+    from orchestrator.data.tokenize import encode, encode_prompt
+
+    data, template, max_length = prepared.data, prepared.template, config.data.max_length
+    if not data.forget:
+        raise ConfigError("the forget set is empty: nothing to unlearn")
+    probe = methods.build(config.method.name, reference=_NoReference(), **config.method.hparams) \
+        if methods.needs_reference(config.method.name, config.method.hparams) \
+        else methods.build(config.method.name, **config.method.hparams)
+    if config.train.deepspeed and not probe.supports_deepspeed:
+        raise ConfigError(f"method {config.method.name!r} does not support DeepSpeed (it sets gradients by hand)")
+    rows = UnlearningRows(forget=encode_rows(tokenizer, data.forget, template, max_length))
+    if probe.uses_retain:
+        rows.retain = encode_rows(tokenizer, data.retain, template, max_length, offset=1_000_000)
+    if probe.uses_alternate:
+        missing = [e.id for e in data.forget if not e.idk_answer]
+        if missing:
+            raise ConfigError(f"method {config.method.name!r} needs 'I don't know' answers; {missing[0]} has none")
+        rows.alternate = [encode(tokenizer, e, i, template, max_length, answer=e.idk_answer)
+                          for i, e in enumerate(data.forget)]
+    if probe.uses_analogous:
+        from orchestrator.data.analogous import nearest_retained
+
+        neighbours = nearest_retained(data.forget, data.retain)
+        rows.analogous = [encode(tokenizer, data.retain[j], 2_000_000 + j, template, max_length) for j in neighbours]
+        rows.__post_init__()
+
+    def samples(examples, offset=0):
+        return [ForgetSample(offset + i, _tensor(encode_prompt(tokenizer, e, template, max_length)),
+                             _tensor(tokenizer.encode(e.answer, add_special_tokens=False)))
+                for i, e in enumerate(examples)]
+
+    refines = type(probe).on_epoch_end is not methods.UnlearningMethod.on_epoch_end
+    train = config.train.model_dump()
+    if train["cpus_per_worker"] is None:
+        train["cpus_per_worker"] = _default_cpus_per_worker(config)
+    train["threads"] = train["cpus_per_worker"]
+    return TrainJob(
+        target_dir=target_dir, method_name=config.method.name, method_hparams=dict(config.method.hparams),
+        train=train, rows=rows, pad_token_id=tokenizer.pad_token_id, dtype=config.model.dtype,
+        forget_samples=samples(data.forget) if refines else [],
+        holdout_samples=samples(data.holdout, offset=3_000_000) if refines else [],
+    )
+
+
+def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progress) -> dict[str, Any]:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage = output / "ray"
+    if storage.exists():
+        progress(f"replacing the earlier run's Ray Train state in {storage}")
+        shutil.rmtree(storage)
+    if (output / EXPORT_DIR).exists():
+        shutil.rmtree(output / EXPORT_DIR)
+    output.mkdir(parents=True, exist_ok=True)
+    cpus = job.train["cpus_per_worker"]
+    available = int(ray.cluster_resources().get("CPU", 0))
+    if cpus * config.train.workers > available:
+        raise ConfigError(f"train.workers={config.train.workers} x {cpus} CPUs each needs "
+                          f"{cpus * config.train.workers} CPUs, but the Ray cluster has {available}")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job},
+        scaling_config=ScalingConfig(num_workers=config.train.workers, use_gpu=config.train.use_gpu,
+                                     resources_per_worker={"CPU": cpus}),
+        run_config=RunConfig(name="train", storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=config.train.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as err:  # Ray wraps the worker's exception; surface its last line
+        raise RunError(f"unlearning failed: {_last_line(err)} (worker logs: {storage})") from err
+    if result.checkpoint is None:
+        raise RunError(f"unlearning finished without a final checkpoint (see {storage})")
+    with result.checkpoint.as_directory() as folder:
+        shutil.copytree(Path(folder) / EXPORT_DIR, output / EXPORT_DIR)
+        return json.loads((Path(folder) / SUMMARY_FILE).read_text())
+
+
+def _default_cpus_per_worker(config: ExperimentConfig) -> int:
+    import os
+
+    import ray
+
+    total = int(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else (config.ray.num_cpus or os.cpu_count() or 1)
+    return max(1, total // config.train.workers)
+
+
+def _tensor(ids: list[int]):
+    import torch
+
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
+
+
+class _NoReference:
+    """Stand-in reference for reading a method's flags in the driver without loading a second model."""
+
+    def eval(self):
+        return self
+
+    def parameters(self):
+        return iter(())

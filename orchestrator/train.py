@@ -1,0 +1,233 @@
+"""The Ray Train worker loop: load the target, build the method, unlearn, checkpoint, export.
+
+Life cycle per worker (torchtune's recipe shape): `setup` (model, reference, adapters, optimizer, engine, resume),
+`train` (epochs of `method.training_step`, metrics through `ray.train.report`, a resumable checkpoint every few
+epochs), `export` (rank 0 writes the unlearned model as a consolidated HF folder in the final checkpoint).
+The loop knows the method only through the contract in `methods/base.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import methods
+from methods import ForgetSample, UnlearningMethod
+from orchestrator.batching import UnlearningBatches, UnlearningRows
+from orchestrator.engine import TorchStepEngine, linear_schedule
+
+TRAIN_STATE = "train_state.pt"
+EXPORT_DIR = "model"
+SUMMARY_FILE = "train_summary.json"
+
+
+@dataclass
+class TrainJob:
+    """Everything a worker needs, picklable (it travels in `train_loop_config`)."""
+
+    target_dir: str
+    method_name: str
+    method_hparams: dict[str, Any]
+    train: dict[str, Any]  # TrainConfig.model_dump()
+    rows: UnlearningRows
+    pad_token_id: int
+    dtype: str = "float32"
+    forget_samples: list[ForgetSample] = field(default_factory=list)
+    holdout_samples: list[ForgetSample] = field(default_factory=list)
+
+
+def _report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    import ray.train
+
+    checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class UnlearningWorker:
+    """One Ray Train worker's share of an unlearning run."""
+
+    def __init__(self, job: TrainJob) -> None:
+        import ray.train
+
+        self.job = job
+        self.cfg = job.train
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        if self.cfg.get("use_gpu"):
+            import ray.train.torch
+
+            self.device = ray.train.torch.get_device()
+        else:
+            self.device = torch.device("cpu")
+        self.epoch = 0
+        self.global_step = 0
+        self.history: list[dict[str, float]] = []
+        self.kept: set[int] | None = None
+
+    # --- setup --------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from orchestrator.models import load_causal_lm
+
+        torch.manual_seed(self.cfg["seed"])
+        dtype = getattr(torch, self.job.dtype)
+        model = load_causal_lm(self.job.target_dir, dtype=dtype).to(self.device)
+        reference = None
+        if methods.needs_reference(self.job.method_name, self.job.method_hparams):
+            reference = load_causal_lm(self.job.target_dir, dtype=dtype).to(self.device)
+        self.method: UnlearningMethod = methods.build(self.job.method_name, reference=reference, **self.job.method_hparams)
+        parts = ("forget",) + tuple(
+            p for p, used in (("retain", self.method.uses_retain), ("alternate", self.method.uses_alternate),
+                              ("analogous", self.method.uses_analogous)) if used
+        )
+        self.batches = UnlearningBatches(
+            self.job.rows, self.cfg["batch_size"], self.job.pad_token_id, self.rank, self.world_size,
+            self.cfg["seed"], parts,
+        )
+        model = self._adapters(model)
+        model.train()
+        self.model = model
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = self.method.make_optimizer(trainable, self.cfg["lr"], self.cfg["weight_decay"]) or torch.optim.AdamW(
+            trainable, lr=self.cfg["lr"], weight_decay=self.cfg["weight_decay"]
+        )
+        total_steps = self.batches.steps_per_epoch() * self.cfg["epochs"]
+        self.engine = TorchStepEngine(model, optimizer, linear_schedule(optimizer, total_steps, self.cfg["warmup_ratio"]),
+                                      self.cfg["max_grad_norm"])
+        self._resume()
+
+    def _adapters(self, model: torch.nn.Module) -> torch.nn.Module:
+        adapted = self.method.init_adapters(
+            model,
+            (self._to_device(b["forget"]) for b in self.batches.epoch(0)),
+            (self._to_device(b["retain"]) for b in self.batches.epoch(0) if "retain" in b),
+        )
+        if adapted is model and self.cfg.get("lora"):
+            from peft import LoraConfig, get_peft_model
+
+            lora = self.cfg["lora"]
+            adapted = get_peft_model(model, LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"],
+                                                       target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
+        return adapted
+
+    def _resume(self) -> None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / TRAIN_STATE, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.engine.load_state_dict(state["engine"])
+        self.epoch, self.global_step = state["epoch"], state["global_step"]
+        self.history, self.kept = state["history"], state["kept"]
+        if self.kept is not None:
+            self.batches.rows = self.job.rows.keep(self.kept)
+        if self.rank == 0:
+            print(f"[unlearn] resumed from checkpoint at epoch {self.epoch}, step {self.global_step}", flush=True)
+
+    # --- train --------------------------------------------------------------------------------------------
+    def train(self) -> None:
+        epochs, log_every = self.cfg["epochs"], self.cfg["log_every"]
+        steps = self.batches.steps_per_epoch()
+        started = time.perf_counter()
+        while self.epoch < epochs:
+            window: list[dict[str, float]] = []
+            for step_in_epoch, batch in enumerate(self.batches.epoch(self.epoch)):
+                batch = {name: self._to_device(part) for name, part in batch.items()}
+                logs = self.method.training_step(self.model, batch, self.engine)
+                self.global_step += 1
+                window.append(logs)
+                if self.global_step % log_every == 0 or step_in_epoch + 1 == steps:
+                    metrics = self._average(window)
+                    metrics.update(epoch=self.epoch + (step_in_epoch + 1) / steps, step=self.global_step,
+                                   lr=self.engine.optimizer.param_groups[0]["lr"],
+                                   forget_size=len(self.batches.rows.forget))
+                    self.history.append(metrics)
+                    if self.rank == 0:
+                        print(f"[unlearn] epoch {self.epoch + 1}/{epochs} step {step_in_epoch + 1}/{steps} "
+                              f"loss {metrics['loss']:.4f} ({time.perf_counter() - started:.0f}s)", flush=True)
+                    window = []
+                    _report(metrics)
+            self.epoch += 1
+            stop = self._refine_forget_set()
+            if stop or self.epoch % self.cfg["checkpoint_every_epochs"] == 0 and self.epoch < epochs:
+                self._checkpoint()
+            if stop:
+                break
+
+    def _refine_forget_set(self) -> bool:
+        """Let the method shrink the forget set (ICU); True when nothing is left to forget."""
+        if not self.job.forget_samples:
+            return False
+        current = {row.index for row in self.batches.rows.forget}
+        samples = [s for s in self.job.forget_samples if s.index in current]
+        self.model.eval()
+        kept = self.method.on_epoch_end(self.model, samples, self.job.holdout_samples)
+        self.model.train()
+        if kept is None:
+            return False
+        self.kept = set(kept) & current
+        if self.rank == 0:
+            print(f"[unlearn] forget set refined: {len(self.kept)}/{len(current)} samples still remembered", flush=True)
+        if not self.kept:
+            return True
+        self.batches.rows = self.job.rows.keep(self.kept)
+        return False
+
+    def _checkpoint(self) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            if self.rank == 0:
+                torch.save({"model": self.model.state_dict(), "engine": self.engine.state_dict(), "epoch": self.epoch,
+                            "global_step": self.global_step, "history": self.history, "kept": self.kept},
+                           Path(folder) / TRAIN_STATE)
+            _report({"epoch": float(self.epoch), "step": self.global_step, "checkpoint": 1.0},
+                    folder if self.rank == 0 else None)
+
+    # --- export -------------------------------------------------------------------------------------------
+    def export(self, seconds: float) -> None:
+        """Rank 0 writes the consolidated HF model (LoRA merged) and the training summary as the final checkpoint."""
+        with tempfile.TemporaryDirectory() as folder:
+            if self.rank == 0:
+                model = self.model
+                if hasattr(model, "merge_and_unload"):
+                    model = model.merge_and_unload()
+                model.save_pretrained(Path(folder) / EXPORT_DIR, safe_serialization=True)
+                summary = {"history": self.history, "world_size": self.world_size, "train_seconds": seconds,
+                           "steps": self.global_step, "epochs_run": self.epoch,
+                           "kept_forget_indices": sorted(self.kept) if self.kept is not None else None,
+                           "reference_cache": {"hits": self.method.reference_cache.hits,
+                                               "misses": self.method.reference_cache.misses}}
+                (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary))
+            _report({"epoch": float(self.epoch), "step": self.global_step, "final": 1.0},
+                    folder if self.rank == 0 else None)
+
+    # --- helpers ------------------------------------------------------------------------------------------
+    def _to_device(self, part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in part.items()}
+
+    @staticmethod
+    def _average(window: list[dict[str, float]]) -> dict[str, float]:
+        keys = {k for logs in window for k in logs}
+        return {k: sum(logs.get(k, 0.0) for logs in window) / len(window) for k in keys}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: `config["job"]` is a `TrainJob`."""
+    job: TrainJob = config["job"]
+    threads = job.train.get("threads")
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    worker = UnlearningWorker(job)
+    worker.setup()
+    worker.train()
+    worker.export(time.perf_counter() - started)
