@@ -64,3 +64,12 @@ def masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def forward_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Run a causal LM on one batch part (`input_ids`, `attention_mask`) and return its logits."""
     return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+
+
+def next_token_log_softmax(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full next-token log-distribution after the shift, for losses that need every vocabulary entry (KL, UnDIAL, IHL).
+
+    Returns `(log_probs [batch, seq - 1, vocab]` in float32, `mask [batch, seq - 1])`; callers reduce with `mask`.
+    """
+    shifted_logits, shifted_labels = shift_for_next_token(logits, labels)
+    return F.log_softmax(shifted_logits.float(), dim=-1), token_mask(shifted_labels)

@@ -37,3 +37,16 @@ def batch():
         "alternate": make_part(seed=3),
         "analogous": make_part(seed=4, offset=200),
     }
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run the slow end-to-end tests (.ci/run does)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow end-to-end test: run with --run-slow (scripts/test.sh does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

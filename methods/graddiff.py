@@ -1,0 +1,94 @@
+"""Gradient difference (GradDiff) and GA + KL: ascend on the forget set, hold the retain set in place.
+
+GradDiff: Liu et al., "Continual Learning and Private Unlearning", arXiv 2203.12817; TOFU baselines "Gradient
+Difference" and "KL Minimization", arXiv 2401.06121 Sec. 5. Weights follow open-unlearning's GradDiff
+(`loss = gamma * forget_loss + alpha * retain_loss`, configs/trainer/GradDiff.yaml: gamma 1, alpha 1).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+import torch
+
+from methods.base import Batch, BatchPart, Hyperparameters, UnlearningMethod, as_float_logs
+from methods.numerics import forward_logits, masked_token_mean, next_token_log_softmax, token_mean_nll
+from methods.registry import register
+
+
+def retain_kl(method: UnlearningMethod, model: torch.nn.Module, retain: BatchPart) -> torch.Tensor:
+    """KL(p_ref || p) of the next-token distributions, averaged over the retain batch's labelled positions.
+
+    open-unlearning's `compute_kl_divergence` takes `kl_div(..., reduction="batchmean")` over every flattened
+    position, prompt and padding included; we average over the labelled (answer) positions only, like every other
+    token-mean in this package, so that padding length does not dilute the term. The reference log-probs are cached
+    per example in float16 (they never change; half the memory of float32).
+    """
+    log_p, mask = next_token_log_softmax(forward_logits(model, retain), retain["labels"])
+    cached = method.reference_cache.per_token(
+        "retain_log_softmax",
+        retain,
+        lambda part: next_token_log_softmax(method.reference_logits(part), part["labels"])[0],
+        dtype=torch.float16,
+    )
+    # Renormalise what float16 rounding left (|error| <= 2^-11 |log p|): p_ref sums to 1 again and the KL stays >= 0.
+    log_p_ref = torch.log_softmax(cached, dim=-1)
+    kl_per_token = (log_p_ref.exp() * (log_p_ref - log_p)).sum(dim=-1)
+    return masked_token_mean(kl_per_token, mask)
+
+
+@register
+class GradDiff(UnlearningMethod):
+    """gamma * (-NLL(forget)) + alpha * retain term, the retain term being NLL(retain) or KL(p_ref || p)."""
+
+    name = "graddiff"
+    uses_retain = True
+
+    class Hyperparameters(Hyperparameters):
+        gamma: float = pydantic.Field(1.0, gt=0, description="weight of the forget (ascent) term (open-unlearning)")
+        alpha: float = pydantic.Field(1.0, ge=0, description="weight of the retain term; 0 drops it")
+        retain_loss: Literal["nll", "kl"] = pydantic.Field(
+            "nll", description="retain term: token-mean NLL, or KL(p_ref || p) to the frozen original model"
+        )
+
+    @classmethod
+    def wants_reference(cls, hparams: Hyperparameters) -> bool:
+        return hparams.alpha > 0 and hparams.retain_loss == "kl"
+
+    def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
+        super().__init__(hparams, reference)
+        self.needs_reference = self.wants_reference(hparams)
+        self.uses_retain = hparams.alpha > 0
+        self.retain_loss = getattr(hparams, "retain_loss", "kl")  # `kl` has no such field: its retain term is the KL
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        forget = batch["forget"]
+        forget_nll = token_mean_nll(forward_logits(model, forget), forget["labels"])
+        loss = -self.hparams.gamma * forget_nll
+        logs = {"forget_nll": forget_nll}
+        if self.uses_retain:
+            retain = batch["retain"]
+            if self.retain_loss == "kl":
+                retain_loss = retain_kl(self, model, retain)
+            else:
+                retain_loss = token_mean_nll(forward_logits(model, retain), retain["labels"])
+            loss = loss + self.hparams.alpha * retain_loss
+            logs[f"retain_{self.retain_loss}"] = retain_loss
+        return loss, as_float_logs(**logs)
+
+
+@register
+class GradAscentKL(GradDiff):
+    """TOFU's "KL Minimization": GA on the forget set + alpha * KL(p_ref || p) on the retain set."""
+
+    name = "kl"
+    needs_reference = True
+
+    class Hyperparameters(Hyperparameters):
+        gamma: float = pydantic.Field(1.0, gt=0, description="weight of the forget (ascent) term (open-unlearning)")
+        alpha: float = pydantic.Field(1.0, gt=0, description="weight of KL(p_ref || p) on the retain set")
+
+    @classmethod
+    def wants_reference(cls, hparams: Hyperparameters) -> bool:
+        return True

@@ -1,0 +1,62 @@
+"""IdkPO: DPO that prefers an "I don't know" answer (the `alternate` part) over the true forget answer.
+
+DPO: Rafailov et al., arXiv 2305.18290 Eq. 7; used for unlearning with refusals as TOFU's "Preference
+Optimization", arXiv 2401.06121 Sec. 5, and as "IdkPO" in the NPO paper, arXiv 2404.05868. We follow
+open-unlearning's DPO (src/trainer/unlearn/dpo.py + `compute_dpo_loss`): per-sequence *summed* log-probs and a 2/beta
+factor, -(2/beta) * logsigmoid(beta * ((logp_w - logp_ref_w) - (logp_l - logp_ref_l))), plus a retain NLL; weights
+from configs/trainer/DPO.yaml: beta 0.1, gamma 1 (forget), alpha 1 (retain).
+"""
+
+from __future__ import annotations
+
+import pydantic
+import torch
+import torch.nn.functional as F
+
+from methods.base import Batch, BatchPart, Hyperparameters, UnlearningMethod, as_float_logs
+from methods.numerics import forward_logits, sequence_logprob, token_mean_nll
+from methods.registry import register
+
+
+@register
+class IdkPO(UnlearningMethod):
+    """gamma * DPO(win = alternate, lose = forget) + alpha * NLL(retain)."""
+
+    name = "idkpo"
+    needs_reference = True
+    uses_retain = True
+    uses_alternate = True
+
+    class Hyperparameters(Hyperparameters):
+        beta: float = pydantic.Field(0.1, gt=0, description="DPO inverse temperature (open-unlearning: 0.1)")
+        gamma: float = pydantic.Field(1.0, gt=0, description="weight of the preference term (open-unlearning)")
+        alpha: float = pydantic.Field(1.0, ge=0, description="weight of the retain NLL; 0 drops it")
+
+    def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
+        super().__init__(hparams, reference)
+        self.uses_retain = hparams.alpha > 0
+
+    def _log_ratio(self, model: torch.nn.Module, part: BatchPart, cache_key: str) -> torch.Tensor:
+        """log p(y|x) - log p_ref(y|x) per sequence; the reference term is cached under `cache_key` per example."""
+        logp = sequence_logprob(forward_logits(model, part), part["labels"])
+        logp_ref = self.reference_cache.per_sequence(
+            cache_key, part, lambda p: sequence_logprob(self.reference_logits(p), p["labels"])
+        )
+        return logp - logp_ref
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        beta = self.hparams.beta
+        # Distinct keys: `alternate` row i shares its index with `forget` row i.
+        win = self._log_ratio(model, batch["alternate"], "alternate_logprob")
+        lose = self._log_ratio(model, batch["forget"], "forget_logprob")
+        margin = win - lose
+        # arXiv 2305.18290 Eq. 7 with open-unlearning's 2/beta scaling (`compute_dpo_loss`).
+        forget_loss = (-2.0 / beta) * F.logsigmoid(beta * margin).mean()
+        loss = self.hparams.gamma * forget_loss
+        logs = {"forget_dpo": forget_loss, "idk_log_ratio": win.mean(), "forget_log_ratio": lose.mean()}
+        if self.uses_retain:
+            retain = batch["retain"]
+            retain_nll = token_mean_nll(forward_logits(model, retain), retain["labels"])
+            loss = loss + self.hparams.alpha * retain_nll
+            logs["retain_nll"] = retain_nll
+        return loss, as_float_logs(**logs)

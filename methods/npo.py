@@ -1,0 +1,56 @@
+"""Negative Preference Optimization (NPO): DPO with only a losing answer, a bounded alternative to gradient ascent.
+
+Zhang et al., "Negative Preference Optimization: Towards Catastrophic Collapse to Effective Unlearning",
+arXiv 2404.05868, Sec. 3:  L_NPO = (2/beta) E_forget[ log(1 + (p(y|x) / p_ref(y|x))^beta) ]
+                                 = -(2/beta) E_forget[ logsigmoid(-beta * (log p(y|x) - log p_ref(y|x))) ].
+log p(y|x) is the *sum* of the answer's token log-probs (open-unlearning `compute_batch_nll` + `compute_dpo_loss`
+with no winning answer). Weights as open-unlearning configs/trainer/NPO.yaml: beta 0.1, gamma 1 (forget), alpha 1
+(retain NLL).
+"""
+
+from __future__ import annotations
+
+import pydantic
+import torch
+import torch.nn.functional as F
+
+from methods.base import Batch, Hyperparameters, UnlearningMethod, as_float_logs
+from methods.numerics import forward_logits, sequence_logprob, token_mean_nll
+from methods.registry import register
+
+
+@register
+class NPO(UnlearningMethod):
+    """gamma * NPO(forget) + alpha * NLL(retain); the reference sequence log-probs are computed once per example."""
+
+    name = "npo"
+    needs_reference = True
+    uses_retain = True
+
+    class Hyperparameters(Hyperparameters):
+        beta: float = pydantic.Field(0.1, gt=0, description="inverse temperature of the preference loss (paper: 0.1)")
+        gamma: float = pydantic.Field(1.0, gt=0, description="weight of the NPO forget term (open-unlearning)")
+        alpha: float = pydantic.Field(1.0, ge=0, description="weight of the retain NLL; 0 drops it")
+
+    def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
+        super().__init__(hparams, reference)
+        self.uses_retain = hparams.alpha > 0
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        beta = self.hparams.beta
+        forget = batch["forget"]
+        logp = sequence_logprob(forward_logits(model, forget), forget["labels"])
+        logp_ref = self.reference_cache.per_sequence(
+            "forget_logprob", forget, lambda part: sequence_logprob(self.reference_logits(part), part["labels"])
+        )
+        log_ratio = logp - logp_ref
+        # arXiv 2404.05868 Sec. 3; -(2/beta) * logsigmoid(-beta * r) == (2/beta) * log(1 + exp(beta * r)), stable form.
+        forget_loss = (-2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+        loss = self.hparams.gamma * forget_loss
+        logs = {"forget_npo": forget_loss, "forget_log_ratio": log_ratio.mean()}
+        if self.uses_retain:
+            retain = batch["retain"]
+            retain_nll = token_mean_nll(forward_logits(model, retain), retain["labels"])
+            loss = loss + self.hparams.alpha * retain_nll
+            logs["retain_nll"] = retain_nll
+        return loss, as_float_logs(**logs)

@@ -1,0 +1,56 @@
+"""SimNPO: reference-free NPO with a length-normalised log-likelihood and a margin.
+
+Fan et al., "Simplicity Prevails: Rethinking Negative Preference Optimization for LLM Unlearning", arXiv 2410.07163
+(the SimNPO loss, Sec. 4):  L = -(2/beta) E_forget[ logsigmoid(-(beta/|y|) log p(y|x) - gamma_paper) ].
+The reference code (OPTML-Group/Unlearn-Simple TOFU/dataloader.py, `simnpo_grad_diff`) and open-unlearning
+(src/trainer/unlearn/simnpo.py) both compute logsigmoid(beta * (NLL/|y| - delta)), i.e. the margin is scaled by
+beta: gamma_paper = beta * delta. We follow the code and open-unlearning's names, so that its configs carry over:
+`delta` is the margin, `gamma` the forget weight, `alpha` the retain weight (configs/trainer/SimNPO.yaml: beta 4.5,
+delta 0, gamma 0.125 (Unlearn-Simple's `npo_coeff`), alpha 1).
+"""
+
+from __future__ import annotations
+
+import pydantic
+import torch
+import torch.nn.functional as F
+
+from methods.base import Batch, Hyperparameters, UnlearningMethod, as_float_logs
+from methods.numerics import forward_logits, sequence_mean_logprob, token_mean_nll
+from methods.registry import register
+
+
+@register
+class SimNPO(UnlearningMethod):
+    """gamma * SimNPO(forget) + alpha * NLL(retain); no reference model."""
+
+    name = "simnpo"
+    uses_retain = True
+
+    class Hyperparameters(Hyperparameters):
+        beta: float = pydantic.Field(4.5, gt=0, description="inverse temperature (open-unlearning TOFU: 4.5)")
+        delta: float = pydantic.Field(
+            0.0, ge=0, description="margin on the length-normalised NLL; the paper's gamma is beta * delta"
+        )
+        gamma: float = pydantic.Field(0.125, gt=0, description="weight of the SimNPO forget term (open-unlearning)")
+        alpha: float = pydantic.Field(1.0, ge=0, description="weight of the retain NLL; 0 drops it")
+
+    def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
+        super().__init__(hparams, reference)
+        self.uses_retain = hparams.alpha > 0
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        beta = self.hparams.beta
+        forget = batch["forget"]
+        # |y| = the answer's labelled tokens (open-unlearning: `loss_mask.sum(-1)`); log p(y|x) / |y| per sequence.
+        mean_logp = sequence_mean_logprob(forward_logits(model, forget), forget["labels"])
+        # arXiv 2410.07163 SimNPO loss, the reference code's margin: -(2/beta) logsigmoid(beta * (NLL/|y| - delta)).
+        forget_loss = (-2.0 / beta) * F.logsigmoid(beta * (-mean_logp - self.hparams.delta)).mean()
+        loss = self.hparams.gamma * forget_loss
+        logs = {"forget_simnpo": forget_loss, "forget_mean_logprob": mean_logp.mean()}
+        if self.uses_retain:
+            retain = batch["retain"]
+            retain_nll = token_mean_nll(forward_logits(model, retain), retain["labels"])
+            loss = loss + self.hparams.alpha * retain_nll
+            logs["retain_nll"] = retain_nll
+        return loss, as_float_logs(**logs)
