@@ -1,0 +1,283 @@
+"""The one evaluation entry: `evaluate_model(model, tokenizer, data, template, settings) -> EvalReport`.
+
+Per split (forget, retain, neighbour, holdout, world: those non-empty) it runs two teacher-forced scoring passes
+(the answers, with per-token details; then paraphrases and perturbations together) and one greedy generation pass,
+and derives every metric from those three. Across splits it adds the forget-vs-holdout membership-inference AUCs,
+TOFU's model utility and, given the report of the retain model (trained without the forget set) as reference,
+TOFU's forget quality and MUSE's privacy leakage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from orchestrator.data.schema import Example, UnlearningData
+from orchestrator.data.tokenize import PromptTemplate
+from orchestrator.evaluation import fluency, memorisation, mia, tofu
+from orchestrator.evaluation.generation import generate_answers
+from orchestrator.evaluation.likelihood import score_alternatives, score_answers
+from orchestrator.evaluation.rouge import rouge_l
+
+SPLITS = ("forget", "retain", "neighbour", "holdout", "world")
+# The attack behind `summary["mia_auc"]` and `summary["privacy_leakage"]`: Min-K%++ is the strongest
+# reference-free attack of the four (Zhang et al. 2024) and costs nothing extra here, since the vocabulary
+# statistics come out of the same forward pass. MUSE's own PrivLeak uses Min-K%; every attack's AUC is kept in
+# `EvalReport.mia_auc` for anyone who wants to compare.
+SUMMARY_ATTACK = "min_k++"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How much to evaluate and how."""
+
+    max_examples: int | None = 200
+    """Cap per split other than forget (deterministic subsample by hashed example id); None: all."""
+    max_forget_examples: int | None = None
+    """Cap on the forget split; None (default): all of it, since forget quality needs the whole distribution."""
+    batch_size: int = 32
+    """Rows per forward / generate call."""
+    max_new_tokens: int = 48
+    """Greedy generation length cap."""
+    max_length: int = 512
+    """Token cap of a scored row (prompt + answer + EOS) and of a prompt."""
+    mia_k: float = 0.4
+    """k of min-k% and min-k%++ (open-unlearning's TOFU/MUSE configs use 0.4)."""
+    seed: int = 0
+    """Seed of the subsample."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_examples", "max_forget_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"EvalSettings.{name}={value}: must be >= 1 or None")
+        for name in ("batch_size", "max_new_tokens", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EvalSettings.{name}={getattr(self, name)}: must be >= 1")
+        if not 0.0 < self.mia_k <= 1.0:
+            raise ValueError(f"EvalSettings.mia_k={self.mia_k}: must be in (0, 1]")
+
+
+@dataclass
+class SplitMetrics:
+    """Means over one split's (subsampled) examples; None where a metric does not apply."""
+
+    count: int
+    rouge_l: float  # ROUGE-L recall of the greedy answer (TOFU)
+    rouge_l_f1: float
+    probability: float  # mean P(a|q)^(1/|a|)
+    probability_normalised: float | None  # among correct + perturbed options (TOFU's real-world form)
+    truth_ratio: float | None  # forget: mean min(R, 1/R); other splits: mean max(0, 1 - R) (TOFU)
+    mean_nll: float  # mean per-token NLL of the answer (the LOSS attack's statistic)
+    extraction_strength: float
+    memorisation_accuracy: float | None  # exact memorisation: argmax == label share under teacher forcing
+    verbatim_memorisation: float | None  # MUSE VerbMem over kind="text" examples
+    knowledge_memorisation: float | None  # MUSE KnowMem over kind="qa" examples
+    fluency: float  # ROME n-gram entropy of the generations (bits)
+    degenerate_fraction: float  # empty or single-repeated-token generations
+
+
+@dataclass
+class EvalReport:
+    """What `evaluate_model` found; `to_dict()` is plain JSON (no NaN: undefined values are None)."""
+
+    splits: dict[str, SplitMetrics]
+    forget_truth_ratios: list[float]  # per forget example (those with perturbed answers): forget-quality input
+    mia_auc: dict[str, float]  # attack -> AUC, forget (members) vs holdout; empty without holdout
+    privacy_leakage: dict[str, float]  # attack -> MUSE PrivLeak against the reference; empty without it
+    summary: dict[str, float | None]
+    settings: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return _clean(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EvalReport":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["splits"] = {name: SplitMetrics(**m) for name, m in data["splits"].items()}
+        return cls(**values)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    tokenizer,
+    data: UnlearningData,
+    template: PromptTemplate,
+    settings: EvalSettings = EvalSettings(),
+    retain_reference: EvalReport | None = None,
+) -> EvalReport:
+    """Every metric of the project on one model. Pass the retain model's report for forget quality and PrivLeak.
+
+    The model is put in eval mode and given back in the mode it came in.
+    """
+    started = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    timings: dict[str, float] = {}
+    splits: dict[str, SplitMetrics] = {}
+    truth_ratios: dict[str, np.ndarray] = {}
+    attack: dict[str, dict[str, np.ndarray]] = {}
+    try:
+        for name in SPLITS:
+            cap = settings.max_forget_examples if name == "forget" else settings.max_examples
+            examples = subsample(getattr(data, name), cap, settings.seed)
+            if not examples:
+                continue
+            t0 = time.perf_counter()
+            splits[name], truth_ratios[name], attack[name] = _evaluate_split(
+                model, tokenizer, examples, template, settings, forget=name == "forget"
+            )
+            timings[name] = time.perf_counter() - t0
+    finally:
+        model.train(was_training)
+
+    mia_auc: dict[str, float] = {}
+    if "forget" in attack and "holdout" in attack:
+        mia_auc = {a: mia.membership_auc(attack["forget"][a], attack["holdout"][a]) for a in mia.ATTACKS}
+    forget_ratios = truth_ratios.get("forget", np.zeros(0))
+    forget_ratios = [float(r) for r in forget_ratios[np.isfinite(forget_ratios)]]
+    leak: dict[str, float] = {}
+    quality = None
+    if retain_reference is not None:
+        leak = {
+            a: mia.privacy_leakage(mia_auc[a], retain_reference.mia_auc[a])
+            for a in mia_auc
+            if a in retain_reference.mia_auc and retain_reference.mia_auc[a] is not None
+        }
+        quality = tofu.forget_quality(np.array(forget_ratios), np.array(retain_reference.forget_truth_ratios))
+    timings["total"] = time.perf_counter() - started
+    summary = _summary(splits, mia_auc, leak, quality)
+    report = EvalReport(splits, forget_ratios, mia_auc, leak, summary, asdict(settings), timings)
+    return EvalReport.from_dict(report.to_dict())  # one canonical form: NaN -> None, numpy -> float
+
+
+def subsample(examples: Sequence[Example], cap: int | None, seed: int = 0) -> tuple[Example, ...]:
+    """Up to `cap` examples chosen by a hash of (seed, id), in their original order.
+
+    Depends only on the ids, so adding examples to a split keeps earlier choices mostly in place, and the same data
+    gives the same subsample on every machine (unlike `hash()`, which Python salts per process).
+    """
+    if cap is None or len(examples) <= cap:
+        return tuple(examples)
+    keyed = sorted(range(len(examples)), key=lambda i: hashlib.sha256(f"{seed}:{examples[i].id}".encode()).digest())
+    return tuple(examples[i] for i in sorted(keyed[:cap]))
+
+
+def _evaluate_split(
+    model: torch.nn.Module,
+    tokenizer,
+    examples: tuple[Example, ...],
+    template: PromptTemplate,
+    settings: EvalSettings,
+    forget: bool,
+) -> tuple[SplitMetrics, np.ndarray, dict[str, np.ndarray]]:
+    """One split's metrics, its per-example truth ratios, and its per-example MIA scores."""
+    common = dict(batch_size=settings.batch_size, max_length=settings.max_length)
+    main = score_answers(model, tokenizer, examples, template, details=True, **common)
+    # The truth ratio's denominator is the paraphrase where there is one (TOFU forget/retain) and the answer itself
+    # otherwise (TOFU's real-world sets); its numerator the perturbed answers.
+    alternatives = [
+        ([ex.paraphrased_answer] if ex.paraphrased_answer else []) + list(ex.perturbed_answers) for ex in examples
+    ]
+    alt_scores = score_alternatives(model, tokenizer, examples, template, alternatives, **common)
+    correct = main.mean_logprob.copy()
+    perturbed = []
+    for i, ex in enumerate(examples):
+        offset = 1 if ex.paraphrased_answer else 0
+        if offset:
+            correct[i] = alt_scores[i][0]
+        perturbed.append(alt_scores[i][offset:])
+    ratios = tofu.truth_ratios(correct, perturbed)
+    has_options = any(len(p) for p in perturbed)
+
+    generations = generate_answers(
+        model, tokenizer, examples, template, max_new_tokens=settings.max_new_tokens, **common
+    )
+    rouge = rouge_l(generations.texts, generations.references)
+    kinds = [ex.kind for ex in examples]
+
+    metrics = SplitMetrics(
+        count=len(examples),
+        rouge_l=float(np.mean([r.recall for r in rouge])),
+        rouge_l_f1=float(np.mean([r.f1 for r in rouge])),
+        probability=float(np.mean(tofu.probability(main.mean_logprob))),
+        probability_normalised=(
+            float(np.nanmean(tofu.normalised_probability(main.mean_logprob, perturbed))) if has_options else None
+        ),
+        truth_ratio=(
+            (tofu.truth_ratio_closer_to_one(ratios) if forget else tofu.truth_ratio_true_better(ratios))
+            if has_options
+            else None
+        ),
+        mean_nll=float(-np.mean(main.mean_logprob)),
+        extraction_strength=memorisation.mean_extraction_strength(main.token_correct),
+        memorisation_accuracy=memorisation.mean_exact_memorisation(main.token_correct),
+        verbatim_memorisation=memorisation.verbatim_memorisation(rouge, kinds),
+        knowledge_memorisation=memorisation.knowledge_memorisation(rouge, kinds),
+        fluency=fluency.mean_n_gram_entropy(generations.texts),
+        degenerate_fraction=fluency.degenerate_fraction(generations.texts, generations.token_ids),
+    )
+    texts = [ex.answer for ex in examples]
+    return metrics, ratios, mia.attack_scores(main, texts, settings.mia_k)
+
+
+def _summary(
+    splits: dict[str, SplitMetrics], mia_auc: dict[str, float], leak: dict[str, float], quality: float | None
+) -> dict[str, float | None]:
+    """The flat headline numbers; every key is always present (None when its split or reference is missing)."""
+
+    def get(split: str, metric: str) -> float | None:
+        return getattr(splits[split], metric) if split in splits else None
+
+    utility_parts: list[float | None] = []
+    if "retain" in splits:
+        r = splits["retain"]
+        utility_parts += [r.probability, r.rouge_l, r.truth_ratio]
+    if "world" in splits:
+        w = splits["world"]
+        prob = w.probability_normalised if w.probability_normalised is not None else w.probability
+        utility_parts += [prob, w.rouge_l, w.truth_ratio]
+    parts = [p for p in utility_parts if p is not None]
+    return {
+        "forget_quality": quality,
+        "model_utility": tofu.model_utility(parts) if parts else None,
+        "forget_rouge_l": get("forget", "rouge_l"),
+        "retain_rouge_l": get("retain", "rouge_l"),
+        "neighbour_rouge_l": get("neighbour", "rouge_l"),
+        "holdout_rouge_l": get("holdout", "rouge_l"),
+        "world_rouge_l": get("world", "rouge_l"),
+        "forget_probability": get("forget", "probability"),
+        "retain_probability": get("retain", "probability"),
+        "neighbour_probability": get("neighbour", "probability"),
+        "forget_truth_ratio": get("forget", "truth_ratio"),
+        "extraction_strength": get("forget", "extraction_strength"),
+        "holdout_extraction_strength": get("holdout", "extraction_strength"),
+        "memorisation_accuracy": get("forget", "memorisation_accuracy"),
+        "verbatim_memorisation": get("forget", "verbatim_memorisation"),
+        "knowledge_memorisation": get("forget", "knowledge_memorisation"),
+        "mia_auc": mia_auc.get(SUMMARY_ATTACK),
+        "privacy_leakage": leak.get(SUMMARY_ATTACK),
+        "fluency": get("forget", "fluency"),
+        "retain_fluency": get("retain", "fluency"),
+        "degenerate_fraction": get("forget", "degenerate_fraction"),
+    }
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, NaN/inf to None, tuples to lists."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
