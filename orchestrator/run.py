@@ -175,7 +175,7 @@ def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_di
 
 def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progress) -> dict[str, Any]:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     storage = output / "ray"
@@ -197,7 +197,8 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
                                      resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(name="train", storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=config.train.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             logging_config=LoggingConfig(log_level="WARNING")),
     )
     try:
         result = trainer.fit()

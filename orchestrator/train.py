@@ -9,10 +9,9 @@ The loop knows the method only through the contract in `methods/base.py`.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -159,10 +158,10 @@ class UnlearningWorker:
                     _report(metrics)
             self.epoch += 1
             stop = self._refine_forget_set()
-            if stop or self.epoch % self.cfg["checkpoint_every_epochs"] == 0 and self.epoch < epochs:
-                self._checkpoint()
             if stop:
                 break
+            if self.epoch % self.cfg["checkpoint_every_epochs"] == 0 and self.epoch < epochs:
+                self._checkpoint()
 
     def _refine_forget_set(self) -> bool:
         """Let the method shrink the forget set (ICU); True when nothing is left to forget."""
