@@ -121,8 +121,10 @@ class LoraConfig(_Section):
 class TrainConfig(_Section):
     """The unlearning run itself: optimisation and how it is spread over Ray Train workers."""
 
-    epochs: int = Field(5, gt=0, description="Passes over the forget set.")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    epochs: int | None = Field(
+        None, gt=0, description="Passes over the forget set; default: the method's recipe (orchestrator/recipes.py)."
+    )
+    lr: float | None = Field(None, gt=0, description="Peak learning rate; default: the method's recipe.")
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps for linear warm-up.")
     batch_size: int = Field(8, gt=0, description="Forget examples per step per worker (retain batches match).")
@@ -170,6 +172,18 @@ class ExperimentConfig(_Section):
         if self.train.deepspeed is not None and not Path(self.train.deepspeed).is_file():
             raise ValueError(f"train.deepspeed: no such file {self.train.deepspeed!r}")
         return self
+
+    def resolved_train(self) -> dict[str, Any]:
+        """`train` as a dict, with `lr` and `epochs` filled from the method's recipe where the config left them out."""
+        from orchestrator.recipes import recipe
+
+        train = self.train.model_dump()
+        defaults = recipe(self.method.name, tiny=self.model.name == "tiny")
+        for key in ("lr", "epochs"):
+            if train[key] is None:
+                train[key] = defaults[key]
+        train["epochs"] = int(train["epochs"])
+        return train
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}-{self.method.name}")

@@ -1,0 +1,75 @@
+"""Every method at its default hyperparameters on the embedded default: the before/after table.
+
+Runs `run_unlearning` once per method (one local Ray, the prepared target/retain models shared through the cache)
+and prints forget/retain ROUGE-L, forget quality, model utility and MIA AUC, with the foundation's bar: forget
+ROUGE-L at most half the target's, retain ROUGE-L at least 80% of the target's.
+
+    python benchmarks/method_table.py [--methods npo,undial] [--output runs/table] [--set train.epochs=5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+import methods
+from orchestrator.config import load_config
+from orchestrator.prepare import prepare
+from orchestrator.run import run_unlearning
+
+MUST_PASS = {"npo", "undial", "graddiff", "ihl", "icu"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help="experiment YAML (default: embedded default)")
+    parser.add_argument("--methods", default=",".join(methods.available_methods()))
+    parser.add_argument("--output", default="runs/method-table")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+
+    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    base = load_config(args.config)
+    if overrides:
+        base = base.with_overrides(**overrides)
+    prepared = prepare(base, progress=lambda m: print(m, file=sys.stderr))
+    rows = []
+    for name in args.methods.split(","):
+        config = base.with_overrides(**{"method.name": name, "method.hparams": {},
+                                        "output_dir": str(Path(args.output) / name)})
+        result = run_unlearning(config, prepared=prepared, progress=lambda m: print(m, file=sys.stderr))
+        rows.append(result)
+        print(f"{name}: done in {result.seconds:.0f} s", file=sys.stderr)
+
+    header = (f"{'method':10} {'forget RL':>9} {'retain RL':>9} {'nbr RL':>7} {'forget Q':>9} {'utility':>7} "
+              f"{'MIA AUC':>7} {'train s':>7}  verdict")
+    before = rows[0].before
+    print(f"\ntarget model: forget ROUGE-L {before['forget_rouge_l']:.3f}, retain ROUGE-L "
+          f"{before['retain_rouge_l']:.3f}, forget quality {before['forget_quality']:.2g}, "
+          f"utility {before['model_utility']:.3f}, MIA AUC {before['mia_auc']:.3f}")
+    print(header)
+    print("-" * len(header))
+    table = []
+    for r in rows:
+        a = r.after
+        halved = a["forget_rouge_l"] <= 0.5 * r.before["forget_rouge_l"]
+        kept = a["retain_rouge_l"] >= 0.8 * r.before["retain_rouge_l"]
+        verdict = ("ok" if halved and kept else
+                   ("forget not halved" if not halved else "") + (" retain < 80%" if not kept else ""))
+        if r.method not in MUST_PASS:
+            verdict += " (informative)"
+        print(f"{r.method:10} {a['forget_rouge_l']:9.3f} {a['retain_rouge_l']:9.3f} {a['neighbour_rouge_l']:7.3f} "
+              f"{a['forget_quality']:9.2g} {a['model_utility']:7.3f} {a['mia_auc']:7.3f} "
+              f"{r.timings['train_loop']:7.1f}  {verdict.strip()}")
+        table.append({"method": r.method, "before": r.before, "after": a, "verdict": verdict.strip()})
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    (Path(args.output) / "table.json").write_text(json.dumps(table, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Per-method training recipes: the learning rate and epochs a method runs with when the config leaves them out.
+
+Methods differ in how hard they push: the references train UnDIAL at 1e-4 where NPO and GradDiff use 1e-5
+(open-unlearning's TOFU configs; UnDIAL's own code). Method *hyperparameters* keep their paper defaults
+(methods/); these recipes only fill `train.lr` and `train.epochs` when a config does not set them.
+
+The tiny recipes were measured on the embedded default (100 fictitious people, forget 10%, tiny Llama) with
+`python benchmarks/method_table.py` prints the resulting table.
+"""
+
+from __future__ import annotations
+
+# Real (HF) models: open-unlearning's TOFU recipes (configs/experiment/unlearn/tofu/*.yaml): lr 1e-5, 10 epochs;
+# UnDIAL 1e-4 (configs/trainer/UNDIAL.yaml).
+HF_DEFAULT = {"lr": 1e-5, "epochs": 10}
+HF_RECIPES: dict[str, dict[str, float]] = {"undial": {"lr": 1e-4, "epochs": 10}}
+
+TINY_DEFAULT = {"lr": 1e-4, "epochs": 10}
+TINY_RECIPES: dict[str, dict[str, float]] = {}
+
+
+def recipe(method: str, tiny: bool) -> dict[str, float]:
+    """`{"lr": ..., "epochs": ...}` for `method` on the tiny embedded model or on a real HF model."""
+    table, default = (TINY_RECIPES, TINY_DEFAULT) if tiny else (HF_RECIPES, HF_DEFAULT)
+    return {**default, **table.get(method, {})}

@@ -1,0 +1,92 @@
+"""`unlearn run` end to end on a small embedded problem: real local Ray, real Ray Train, real tiny Llama.
+
+Slow (about two minutes): run with `--run-slow`; scripts/test.sh and CI do.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+SMALL = {
+    "name": "e2e",
+    "model": {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
+                       "vocab_size": 512},
+              "finetune": {"epochs": 15, "lr": 3e-3, "batch_size": 16}},
+    "data": {"synthetic": {"n_people": 20, "questions_per_person": 4}},
+    "train": {"epochs": 2, "lr": 2e-4, "batch_size": 4},
+    "eval": {"max_per_split": 40, "max_new_tokens": 24},
+}
+
+
+@pytest.fixture(scope="module")
+def small_config(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("e2e")
+    path = folder / "small.yaml"
+    path.write_text(yaml.safe_dump(SMALL))
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_cache_and_ray(tmp_path_factory):
+    import ray
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_UNLEARN_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_unlearn_run_writes_summary_model_and_report(small_config, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from orchestrator.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", str(small_config), "--method", "graddiff", "--output", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "forget ROUGE-L recall" in printed.out
+    assert "fine-tuning the tiny target model" in printed.err
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "graddiff"
+    assert summary["hyperparameters"]["alpha"] == 1.0
+    for key in ("forget_rouge_l", "retain_rouge_l", "forget_quality", "model_utility", "mia_auc"):
+        assert key in summary["before"] and key in summary["after"]
+        assert summary["after"][key] is not None
+    assert summary["seconds"] > 0 and summary["world_size"] == 1
+    assert summary["forget_size"] == 8
+    assert summary["history"] and summary["history"][-1]["step"] == summary["train"]["steps"]
+    # The unlearned model is a plain HF folder that loads on its own.
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert model.config.num_hidden_layers == 2
+    assert list((out / "model").glob("*.safetensors"))
+    assert "| forget ROUGE-L recall |" in (out / "report.md").read_text()
+    assert (out / "before_after.png").exists()
+    # Gradient ascent on the forget set lowers its likelihood.
+    assert summary["after"]["forget_probability"] < summary["before"]["forget_probability"]
+
+
+@pytest.mark.slow
+def test_second_run_reuses_prepared_models_and_joins_running_ray(small_config, tmp_path, capsys):
+    import ray
+
+    from orchestrator.config import load_config
+    from orchestrator.run import run_unlearning
+
+    assert ray.is_initialized()  # left running by the CLI run above, in this process
+    messages: list[str] = []
+    config = load_config(small_config).with_overrides(**{"output_dir": str(tmp_path / "again"),
+                                                         "method.name": "undial"})
+    result = run_unlearning(config, progress=messages.append)
+    assert any("target model: cached" in m for m in messages)
+    assert not any("fine-tuning" in m for m in messages)
+    assert not any("starting a local Ray" in m for m in messages)
+    assert result.timings["prepare"] < 30
+    assert result.train["reference_cache"]["misses"] == result.forget_size
+    assert result.train["reference_cache"]["hits"] == result.forget_size * (result.train["epochs_run"] - 1)
