@@ -14,7 +14,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from methods.numerics import token_mean_nll
+import torch.nn.functional as F
+
+from methods.numerics import IGNORE_INDEX, shift_for_next_token
 from orchestrator.data.tokenize import EncodedRow, collate
 
 
@@ -26,6 +28,7 @@ def finetune(
     lr: float,
     batch_size: int,
     seed: int = 0,
+    label_smoothing: float = 0.0,
     progress: Callable[[str], None] | None = None,
     label: str = "fine-tune",
 ) -> list[float]:
@@ -50,7 +53,10 @@ def finetune(
         for start in range(0, len(order), batch_size):
             batch = collate([rows[i] for i in order[start : start + batch_size]], pad_token_id)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = token_mean_nll(logits, batch["labels"])
+            shifted_logits, shifted_labels = shift_for_next_token(logits, batch["labels"])
+            loss = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.size(-1)).float(),
+                                   shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                                   label_smoothing=label_smoothing)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

@@ -169,6 +169,7 @@ def _tiny_model(cache: ArtifactCache, role: str, examples: tuple[Example, ...], 
         rows = encode_rows(tokenizer, examples, template, config.data.max_length)
         with torch.random.fork_rng():
             finetune(model, rows, tokenizer.pad_token_id, ft.epochs, ft.lr, ft.batch_size, seed=ft.seed,
+                     label_smoothing=ft.label_smoothing,
                      progress=progress, label=f"{role} model")
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
