@@ -13,10 +13,21 @@ from __future__ import annotations
 # Real (HF) models: open-unlearning's TOFU recipes (configs/experiment/unlearn/tofu/*.yaml): lr 1e-5, 10 epochs;
 # UnDIAL 1e-4 (configs/trainer/UNDIAL.yaml).
 HF_DEFAULT = {"lr": 1e-5, "epochs": 10}
-HF_RECIPES: dict[str, dict[str, float]] = {"undial": {"lr": 1e-4, "epochs": 10}}
+HF_RECIPES: dict[str, dict[str, float]] = {
+    "undial": {"lr": 1e-4},
+    # LoRA adapters train at a higher rate (csm9493/efficient-llm-unlearning: 2e-4 on phi-1.5 / Llama-2).
+    "ihl_fila": {"lr": 2e-4},
+}
 
 TINY_DEFAULT = {"lr": 1e-4, "epochs": 10}
-TINY_RECIPES: dict[str, dict[str, float]] = {}
+# Measured on the embedded default (label-smoothed target, 20 fine-tuning epochs): ICU's unbounded ascent term
+# damages retained people above 3e-5; UnDIAL keeps its references' 3x-10x higher rate; FILA's adapters, like any
+# LoRA, need a higher rate than full fine-tuning.
+TINY_RECIPES: dict[str, dict[str, float]] = {
+    "icu": {"lr": 2e-5},
+    "undial": {"lr": 3e-4},
+    "ihl_fila": {"lr": 1e-3},
+}
 
 
 def recipe(method: str, tiny: bool) -> dict[str, float]:
