@@ -88,6 +88,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from orchestrator.plan import plan_memory
+
+    plan = plan_memory(_load(args), device_memory_gib=args.device_memory)
+    print(plan.table())
+    if not plan.fits:
+        print(f"unlearn plan: does not fit: {plan.reason}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     import methods
 
@@ -120,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="re-render a run folder's report")
     rep.add_argument("run_dir")
     rep.set_defaults(func=cmd_report)
+
+    plan = sub.add_parser("plan", help="per-worker memory of a run, and whether it fits (exit 2 when it does not)")
+    plan.add_argument("config", nargs="?", help="experiment YAML (default: the embedded tiny default)")
+    plan.add_argument("--workers", type=int, help="Ray Train workers")
+    plan.add_argument("--deepspeed", help="DeepSpeed JSON config")
+    plan.add_argument("--device-memory", type=float, metavar="GIB",
+                      help="memory of one worker's device in GiB (default: 80 on GPU, the machine's RAM on CPU)")
+    plan.set_defaults(func=cmd_plan)
 
     met = sub.add_parser("methods", help="list the methods and their hyperparameters")
     met.set_defaults(func=cmd_methods)

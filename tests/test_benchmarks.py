@@ -1,0 +1,95 @@
+"""The benchmark scripts' own logic: argument parsing, the FLOPs formulas, and the GPU script's code path on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_7b = load_script("gpu_7b")
+
+
+def test_defaults_and_tiny_overrides():
+    args = gpu_7b.parse_args([])
+    assert (args.method, args.full, args.lora_rank, args.seq_len, args.peak_tflops) == ("npo", False, 16, 512, 989.0)
+    tiny = gpu_7b.parse_args(["--device", "cpu", "--tiny", "--steps", "3"])
+    assert (tiny.steps, tiny.warmup, tiny.seq_len, tiny.batch_size) == (3, 0, 32, 2)
+    with pytest.raises(SystemExit):
+        gpu_7b.parse_args(["--batch-size", "0"])
+
+
+def test_parameter_counts_match_the_real_modules():
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = gpu_7b.llama_config(tiny=True)
+    model = AutoModelForCausalLM.from_config(config)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert gpu_7b.matmul_params(config) == linear
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    assert gpu_7b.lora_params(config, 8) == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    # all of Llama-2-7B but the input embedding and the RMSNorm weights
+    assert gpu_7b.matmul_params(gpu_7b.llama_config(tiny=False)) == 6_738_415_616 - 32000 * 4096 - 65 * 4096
+
+
+def test_flops_formulas():
+    config = gpu_7b.llama_config(tiny=False)
+    n = gpu_7b.matmul_params(config)
+    full = gpu_7b.step_flops(config, gpu_7b.parse_args(["--full", "--method", "ga"]), reference_rows=0)
+    assert full.trained_tokens == 4 * 512 and full.total == 6 * n * 4 * 512
+    lora = gpu_7b.step_flops(config, gpu_7b.parse_args(["--method", "ga", "--lora-rank", "8"]), reference_rows=0)
+    assert lora.total == (4 * n + 6 * gpu_7b.lora_params(config, 8)) * 4 * 512
+    npo = gpu_7b.step_flops(config, gpu_7b.parse_args(["--full"]), reference_rows=4)
+    assert npo.trained_tokens == 8 * 512  # forget + retain rows
+    assert npo.total == 6 * n * 8 * 512 + 2 * n * 4 * 512
+    assert "2 N per forget token" in npo.formula
+
+
+def test_dry_run_prints_the_formula(capsys):
+    assert gpu_7b.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "(4 N + 6 N_lora) per trained token" in out and "6,607,077,376" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_without_cuda_it_fails_with_a_clear_message(capsys):
+    assert gpu_7b.main([]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_tiny_cpu_mode_runs_two_steps(tmp_path):
+    out = tmp_path / "result.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29731"}
+    done = subprocess.run([sys.executable, "benchmarks/gpu_7b.py", "--device", "cpu", "--tiny", "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["step_ms"] > 0 and result["mfu"] > 0 and result["tokens_per_s"] > 0
+    assert result["flops"]["trained_tokens"] == 2 * 2 * 32
+    assert result["planned_step_gib"] > 0  # the planner runs on the same set-up
+    assert "MFU" in done.stdout
+
+
+def test_step_time_rejects_unknown_methods_before_preparing():
+    import methods
+
+    step_time = load_script("step_time")
+    with pytest.raises(methods.MethodConfigError):
+        step_time.main(["--methods", "nope"])
