@@ -7,8 +7,12 @@ too.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
+
+ENGINE_STATE = "engine_state.pt"
 
 
 class TorchStepEngine:
@@ -26,6 +30,11 @@ class TorchStepEngine:
         self.scheduler = scheduler
         self.max_grad_norm = max_grad_norm
         self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The trained model itself (`model` is what methods call; here the two are the same)."""
+        return self.model
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -61,6 +70,26 @@ class TorchStepEngine:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+
+    # --- checkpoints and export: the same surface as DeepSpeedStepEngine ------------------------------------
+    def save(self, folder: str | Path, rank: int) -> bool:
+        """Rank 0 writes model + optimizer + scheduler (every worker holds the same); True where files were written."""
+        if rank != 0:
+            return False
+        torch.save({"model": self.model.state_dict(), **self.state_dict()}, Path(folder) / ENGINE_STATE)
+        return True
+
+    def load(self, folder: str | Path) -> None:
+        state = torch.load(Path(folder) / ENGINE_STATE, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.load_state_dict(state)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        return self.model.state_dict()
+
+    def partition_numel(self) -> tuple[int, int]:
+        n = sum(p.numel() for p in self.model.parameters())
+        return n, n
 
 
 def linear_schedule(

@@ -9,9 +9,10 @@ many times; only the unlearning and the evaluation after it are paid per call.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,6 +80,7 @@ def run_unlearning(
     """Unlearn `config.data`'s forget set from the target model (or from `target`, a model folder, when given)."""
     started = time.perf_counter()
     output = config.resolved_output_dir().resolve()
+    check_deepspeed(config)
     prepared = prepared or prepare(config, progress=progress)
     t_prepared = time.perf_counter()
     tokenizer = load_tokenizer(prepared.tokenizer_dir)
@@ -117,13 +119,29 @@ def run_unlearning(
         history=train_summary["history"],
         retain_model=prepared.retain_report.summary if prepared.retain_report else None,
         train={"steps": train_summary["steps"], "epochs_run": train_summary["epochs_run"],
-               "reference_cache": train_summary["reference_cache"], "config": config.model_dump()},
+               "reference_cache": train_summary["reference_cache"], "parameters": train_summary.get("parameters"),
+               "resumed_from_step": train_summary.get("resumed_from_step"), "config": config.model_dump()},
     )
     (output / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
     from orchestrator.report import write_report
 
     write_report(result, output)
     return result
+
+
+def check_deepspeed(config: ExperimentConfig) -> None:
+    """Refuse, in one line and before anything is prepared, a DeepSpeed file that cannot run (missing, malformed,
+    bad stage, an "auto" we cannot fill, an optimizer of its own) or a method that cannot run under DeepSpeed."""
+    if not config.train.deepspeed:
+        return
+    from orchestrator.deepspeed_engine import load_deepspeed_json
+
+    load_deepspeed_json(config.train.deepspeed)
+    name, hparams = config.method.name, config.method.hparams
+    reference = _NoReference() if methods.needs_reference(name, hparams) else None
+    if not methods.build(name, reference=reference, **hparams).supports_deepspeed:
+        raise ConfigError(f"method {name!r} with hparams {dict(hparams)} cannot run under DeepSpeed (it reads or "
+                          "sets gradients outside the optimizer step); remove train.deepspeed")
 
 
 def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_dir: str) -> TrainJob:
@@ -161,7 +179,7 @@ def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_di
                 for i, e in enumerate(examples)]
 
     refines = type(probe).on_epoch_end is not methods.UnlearningMethod.on_epoch_end
-    train = config.train.model_dump()
+    train = config.resolved_train()
     if train["cpus_per_worker"] is None:
         train["cpus_per_worker"] = _default_cpus_per_worker(config)
     train["threads"] = train["cpus_per_worker"]
@@ -178,6 +196,16 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    cpus = job.train["cpus_per_worker"]
+    available = int(ray.cluster_resources().get("CPU", 0))
+    if cpus * config.train.workers > available:
+        raise ConfigError(f"train.workers={config.train.workers} x {cpus} CPUs each needs "
+                          f"{cpus * config.train.workers} CPUs, but the Ray cluster has {available}")
+    check_deepspeed(config)
+    if config.train.deepspeed:  # the workers' working directory (or node) may not hold the file: ship its contents
+        from orchestrator.deepspeed_engine import load_deepspeed_json
+
+        job = replace(job, deepspeed_json=load_deepspeed_json(config.train.deepspeed))
     storage = output / "ray"
     if storage.exists():
         progress(f"replacing the earlier run's Ray Train state in {storage}")
@@ -185,11 +213,9 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
     if (output / EXPORT_DIR).exists():
         shutil.rmtree(output / EXPORT_DIR)
     output.mkdir(parents=True, exist_ok=True)
-    cpus = job.train["cpus_per_worker"]
-    available = int(ray.cluster_resources().get("CPU", 0))
-    if cpus * config.train.workers > available:
-        raise ConfigError(f"train.workers={config.train.workers} x {cpus} CPUs each needs "
-                          f"{cpus * config.train.workers} CPUs, but the Ray cluster has {available}")
+    # DeepSpeed picks its accelerator once per process, at import (transformers may import it even without ZeRO):
+    # on CPU workers say so rather than let it guess and warn.
+    env = {} if config.train.use_gpu or "DS_ACCELERATOR" in os.environ else {"DS_ACCELERATOR": "cpu"}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
@@ -198,6 +224,7 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
         run_config=RunConfig(name="train", storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=config.train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             worker_runtime_env={"env_vars": env} if env else None,
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
     try:

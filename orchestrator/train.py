@@ -3,12 +3,18 @@
 Life cycle per worker (torchtune's recipe shape): `setup` (model, reference, adapters, optimizer, engine, resume),
 `train` (epochs of `method.training_step`, metrics through `ray.train.report`, a resumable checkpoint every few
 epochs), `export` (rank 0 writes the unlearned model as a consolidated HF folder in the final checkpoint).
-The loop knows the method only through the contract in `methods/base.py`.
+The loop knows the method only through the contract in `methods/base.py`, and the optimizer only through the step
+engine: plain PyTorch (`orchestrator/engine.py`) or DeepSpeed ZeRO (`orchestrator/deepspeed_engine.py`, when
+`train.deepspeed` names a config). Checkpoints follow Ray Train's DeepSpeed guide: every rank writes its files into
+its own folder and reports it; Ray Train merges the folders into one checkpoint, which every rank reads back on a
+restart after a worker failure (`FailureConfig(max_failures)`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -40,6 +46,7 @@ class TrainJob:
     dtype: str = "float32"
     forget_samples: list[ForgetSample] = field(default_factory=list)
     holdout_samples: list[ForgetSample] = field(default_factory=list)
+    deepspeed_json: dict[str, Any] | None = None  # train.deepspeed's contents, read by the driver
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
@@ -70,6 +77,7 @@ class UnlearningWorker:
         self.global_step = 0
         self.history: list[dict[str, float]] = []
         self.kept: set[int] | None = None
+        self.resumed_from_step: int | None = None
 
     # --- setup --------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -78,9 +86,14 @@ class UnlearningWorker:
         torch.manual_seed(self.cfg["seed"])
         dtype = getattr(torch, self.job.dtype)
         model = load_causal_lm(self.job.target_dir, dtype=dtype).to(self.device)
+        self.ds_config = self._deepspeed_config(model)
         reference = None
         if methods.needs_reference(self.job.method_name, self.job.method_hparams):
             reference = load_causal_lm(self.job.target_dir, dtype=dtype).to(self.device)
+            if self.ds_config is not None:
+                from orchestrator.deepspeed_engine import sharded_reference
+
+                reference = sharded_reference(reference, self.ds_config)
         self.method: UnlearningMethod = methods.build(self.job.method_name, reference=reference, **self.job.method_hparams)
         parts = ("forget",) + tuple(
             p for p, used in (("retain", self.method.uses_retain), ("alternate", self.method.uses_alternate),
@@ -90,23 +103,49 @@ class UnlearningWorker:
             self.job.rows, self.cfg["batch_size"], self.job.pad_token_id, self.rank, self.world_size,
             self.cfg["seed"], parts,
         )
-        model = self._adapters(model)
+        model = self._adapters(model, parts)
         model.train()
-        self.model = model
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = self.method.make_optimizer(trainable, self.cfg["lr"], self.cfg["weight_decay"]) or torch.optim.AdamW(
             trainable, lr=self.cfg["lr"], weight_decay=self.cfg["weight_decay"]
         )
         total_steps = self.batches.steps_per_epoch() * self.cfg["epochs"]
-        self.engine = TorchStepEngine(model, optimizer, linear_schedule(optimizer, total_steps, self.cfg["warmup_ratio"]),
-                                      self.cfg["max_grad_norm"])
+        if self.ds_config is None:
+            self.engine = TorchStepEngine(model, optimizer, linear_schedule(optimizer, total_steps,
+                                                                            self.cfg["warmup_ratio"]),
+                                          self.cfg["max_grad_norm"])
+        else:
+            from orchestrator.deepspeed_engine import DeepSpeedStepEngine, collective_reference_cache
+
+            self.engine = DeepSpeedStepEngine(
+                model, optimizer, lambda opt: linear_schedule(opt, total_steps, self.cfg["warmup_ratio"]),
+                self.ds_config)
+            if reference is not None and self.engine.stage == 3 and self.world_size > 1:
+                collective_reference_cache(self.method.reference_cache)
+        self.model = self.engine.module  # the trained model (peft-wrapped when adapters are trained)
         self._resume()
 
-    def _adapters(self, model: torch.nn.Module) -> torch.nn.Module:
+    def _deepspeed_config(self, model: torch.nn.Module) -> dict[str, Any] | None:
+        if not self.cfg.get("deepspeed"):
+            return None
+        from orchestrator.deepspeed_engine import deepspeed_config
+
+        bf16 = bool(self.cfg.get("use_gpu")) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return deepspeed_config(self.job.deepspeed_json or self.cfg["deepspeed"], self.cfg, self.world_size, bf16,
+                                getattr(model.config, "hidden_size", None))
+
+    def _adapters(self, model: torch.nn.Module, parts: tuple[str, ...]) -> torch.nn.Module:
+        """FILA's or `train.lora`'s adapters, applied before any engine wraps the model.
+
+        FILA's Fisher estimate runs over the whole forget set on every worker (not the worker's shard), so that 1 or
+        N workers start from the same adapters; rank 0's result is then broadcast so that every copy is identical.
+        """
+        full = UnlearningBatches(self.job.rows, self.cfg["batch_size"], self.job.pad_token_id, 0, 1,
+                                 self.cfg["seed"], parts)
         adapted = self.method.init_adapters(
             model,
-            (self._to_device(b["forget"]) for b in self.batches.epoch(0)),
-            (self._to_device(b["retain"]) for b in self.batches.epoch(0) if "retain" in b),
+            (self._to_device(b["forget"]) for b in full.epoch(0)),
+            (self._to_device(b["retain"]) for b in full.epoch(0) if "retain" in b),
         )
         if adapted is model and self.cfg.get("lora"):
             from peft import LoraConfig, get_peft_model
@@ -114,6 +153,12 @@ class UnlearningWorker:
             lora = self.cfg["lora"]
             adapted = get_peft_model(model, LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"],
                                                        target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
+        if adapted is not model and self.world_size > 1:
+            import torch.distributed as dist
+
+            with torch.no_grad():
+                for tensor in adapted.state_dict().values():
+                    dist.broadcast(tensor, src=0)
         return adapted
 
     def _resume(self) -> None:
@@ -123,11 +168,11 @@ class UnlearningWorker:
         if checkpoint is None:
             return
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / TRAIN_STATE, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
-        self.engine.load_state_dict(state["engine"])
+            self.engine.load(folder)
+            state = torch.load(Path(folder) / TRAIN_STATE, map_location="cpu", weights_only=False)
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         self.history, self.kept = state["history"], state["kept"]
+        self.resumed_from_step = self.global_step
         if self.kept is not None:
             self.batches.rows = self.job.rows.keep(self.kept)
         if self.rank == 0:
@@ -142,11 +187,12 @@ class UnlearningWorker:
             window: list[dict[str, float]] = []
             for step_in_epoch, batch in enumerate(self.batches.epoch(self.epoch)):
                 batch = {name: self._to_device(part) for name, part in batch.items()}
-                logs = self.method.training_step(self.model, batch, self.engine)
+                logs = self.method.training_step(self.engine.model, batch, self.engine)
                 self.global_step += 1
+                _fault_injection(self.cfg, self.rank, self.global_step)
                 window.append(logs)
                 if self.global_step % log_every == 0 or step_in_epoch + 1 == steps:
-                    metrics = self._average(window)
+                    metrics = self._across_workers(self._average(window))
                     metrics.update(epoch=self.epoch + (step_in_epoch + 1) / steps, step=self.global_step,
                                    lr=self.engine.optimizer.param_groups[0]["lr"],
                                    forget_size=len(self.batches.rows.forget))
@@ -169,9 +215,10 @@ class UnlearningWorker:
             return False
         current = {row.index for row in self.batches.rows.forget}
         samples = [s for s in self.job.forget_samples if s.index in current]
-        self.model.eval()
-        kept = self.method.on_epoch_end(self.model, samples, self.job.holdout_samples)
-        self.model.train()
+        model = self.engine.model
+        model.eval()
+        kept = self.method.on_epoch_end(model, samples, self.job.holdout_samples)
+        model.train()
         if kept is None:
             return False
         self.kept = set(kept) & current
@@ -183,31 +230,58 @@ class UnlearningWorker:
         return False
 
     def _checkpoint(self) -> None:
+        """Every rank saves its part (DeepSpeed: its ZeRO shard; plain torch: rank 0 only) and reports its folder."""
         with tempfile.TemporaryDirectory() as folder:
+            wrote = self.engine.save(folder, self.rank)
             if self.rank == 0:
-                torch.save({"model": self.model.state_dict(), "engine": self.engine.state_dict(), "epoch": self.epoch,
-                            "global_step": self.global_step, "history": self.history, "kept": self.kept},
-                           Path(folder) / TRAIN_STATE)
+                torch.save({"epoch": self.epoch, "global_step": self.global_step, "history": self.history,
+                            "kept": self.kept}, Path(folder) / TRAIN_STATE)
+                wrote = True
             _report({"epoch": float(self.epoch), "step": self.global_step, "checkpoint": 1.0},
-                    folder if self.rank == 0 else None)
+                    folder if wrote else None)
 
     # --- export -------------------------------------------------------------------------------------------
     def export(self, seconds: float) -> None:
         """Rank 0 writes the consolidated HF model (LoRA merged) and the training summary as the final checkpoint."""
+        state = self.engine.full_state_dict()  # a collective under ZeRO-3: every rank takes part
+        local, total = self.engine.partition_numel()
+        per_worker = self._gather(local)
         with tempfile.TemporaryDirectory() as folder:
             if self.rank == 0:
-                model = self.model
-                if hasattr(model, "merge_and_unload"):
-                    model = model.merge_and_unload()
-                model.save_pretrained(Path(folder) / EXPORT_DIR, safe_serialization=True)
+                self._export_model(state).save_pretrained(Path(folder) / EXPORT_DIR, safe_serialization=True)
                 summary = {"history": self.history, "world_size": self.world_size, "train_seconds": seconds,
+                           "zero_stage": None if self.ds_config is None else self.engine.stage,
+                           "parameters": {"total": total, "per_worker": per_worker},
                            "steps": self.global_step, "epochs_run": self.epoch,
+                           "resumed_from_step": self.resumed_from_step,
                            "kept_forget_indices": sorted(self.kept) if self.kept is not None else None,
                            "reference_cache": {"hits": self.method.reference_cache.hits,
                                                "misses": self.method.reference_cache.misses}}
                 (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary))
             _report({"epoch": float(self.epoch), "step": self.global_step, "final": 1.0},
                     folder if self.rank == 0 else None)
+
+    def _export_model(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A plain HF model holding `state` (LoRA merged into the base weights).
+
+        Under DeepSpeed the trained module's parameters may be partitioned (ZeRO-3) or cast (bf16), so the state is
+        loaded into a fresh copy of the target model (wrapped in the same adapters) on rank 0.
+        """
+        model = self.model
+        if self.ds_config is not None:
+            from orchestrator.models import load_causal_lm
+
+            model = load_causal_lm(self.job.target_dir, dtype=getattr(torch, self.job.dtype))
+            if hasattr(self.model, "peft_config"):
+                import copy
+
+                from peft import get_peft_model
+
+                model = get_peft_model(model, copy.deepcopy(self.model.peft_config["default"]))
+            model.load_state_dict(state)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        return model
 
     # --- helpers ------------------------------------------------------------------------------------------
     def _to_device(self, part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -218,10 +292,52 @@ class UnlearningWorker:
         keys = {k for logs in window for k in logs}
         return {k: sum(logs.get(k, 0.0) for logs in window) / len(window) for k in keys}
 
+    def _across_workers(self, logs: dict[str, float]) -> dict[str, float]:
+        """The mean of each logged value over the workers (each logs its own shard's loss); the same on every rank."""
+        if self.world_size == 1:
+            return logs
+        import torch.distributed as dist
+
+        keys = sorted(logs)
+        values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(values)
+        return dict(zip(keys, (values / self.world_size).tolist()))
+
+    def _gather(self, value: Any) -> list[Any]:
+        if self.world_size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+
+def _fault_injection(cfg: dict[str, Any], rank: int, global_step: int) -> None:
+    """Fault-injection hook for the worker-failure test (tests/orchestrator/test_distributed.py); inert otherwise.
+
+    When the job's train dict carries `_kill_at_step: k` (with `_kill_rank`, default 1, and `_kill_marker`, a file
+    path), that rank SIGKILLs its own process after global step k, once: the marker file records that it already
+    died, so the restarted worker group runs through. Not a config field: `TrainConfig` refuses unknown keys.
+    """
+    if cfg.get("_kill_at_step") != global_step or rank != cfg.get("_kill_rank", 1):
+        return
+    marker = Path(cfg["_kill_marker"])
+    if marker.exists():
+        return
+    marker.write_text(f"rank {rank} killed itself at step {global_step}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: `config["job"]` is a `TrainJob`."""
     job: TrainJob = config["job"]
+    if job.train.get("deepspeed"):
+        import warnings
+
+        # DeepSpeed 0.19 calls all_gather_into_tensor / reduce_scatter_tensor, deprecated in torch 2.13: once per
+        # collective, hundreds per step.
+        warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     threads = job.train.get("threads")
     if threads:
         torch.set_num_threads(threads)
