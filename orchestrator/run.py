@@ -81,6 +81,8 @@ def run_unlearning(
     started = time.perf_counter()
     output = config.resolved_output_dir().resolve()
     check_deepspeed(config)
+    ensure_ray(config.ray.address, config.ray.num_cpus, progress)
+    check_resources(config)
     prepared = prepared or prepare(config, progress=progress)
     t_prepared = time.perf_counter()
     tokenizer = load_tokenizer(prepared.tokenizer_dir)
@@ -90,7 +92,6 @@ def run_unlearning(
         before = (prepared.target_report if target is None else evaluate_dir(
             target_dir, tokenizer, prepared.data, prepared.template, settings, prepared.retain_report)).summary
 
-    ensure_ray(config.ray.address, config.ray.num_cpus, progress)
     job = _make_job(config, prepared, tokenizer, target_dir)
     progress(f"unlearning {len(job.rows.forget)} forget examples with {config.method.name} "
              f"on {config.train.workers} Ray Train worker(s)")
@@ -142,6 +143,22 @@ def check_deepspeed(config: ExperimentConfig) -> None:
     if not methods.build(name, reference=reference, **hparams).supports_deepspeed:
         raise ConfigError(f"method {name!r} with hparams {dict(hparams)} cannot run under DeepSpeed (it reads or "
                           "sets gradients outside the optimizer step); remove train.deepspeed")
+
+
+def check_resources(config: ExperimentConfig, cpus_per_worker: int | None = None) -> None:
+    """Refuse, before anything is prepared or trained, more workers than the Ray cluster has CPUs (or GPUs) for."""
+    import ray
+
+    cpus = cpus_per_worker or config.train.cpus_per_worker or 1
+    resources = ray.cluster_resources()
+    available = int(resources.get("CPU", 0))
+    if cpus * config.train.workers > available:
+        raise ConfigError(f"train.workers={config.train.workers} x {cpus} CPU(s) each needs "
+                          f"{cpus * config.train.workers} CPUs, but the Ray cluster has {available}")
+    gpus = int(resources.get("GPU", 0))
+    if config.train.use_gpu and config.train.workers > gpus:
+        raise ConfigError(f"train.use_gpu with train.workers={config.train.workers} needs "
+                          f"{config.train.workers} GPUs, but the Ray cluster has {gpus}")
 
 
 def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_dir: str) -> TrainJob:
@@ -196,11 +213,7 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    cpus = job.train["cpus_per_worker"]
-    available = int(ray.cluster_resources().get("CPU", 0))
-    if cpus * config.train.workers > available:
-        raise ConfigError(f"train.workers={config.train.workers} x {cpus} CPUs each needs "
-                          f"{cpus * config.train.workers} CPUs, but the Ray cluster has {available}")
+    check_resources(config, job.train["cpus_per_worker"])
     check_deepspeed(config)
     if config.train.deepspeed:  # the workers' working directory (or node) may not hold the file: ship its contents
         from orchestrator.deepspeed_engine import load_deepspeed_json
@@ -220,7 +233,7 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
         train_loop_per_worker,
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=config.train.workers, use_gpu=config.train.use_gpu,
-                                     resources_per_worker={"CPU": cpus}),
+                                     resources_per_worker={"CPU": job.train["cpus_per_worker"]}),
         run_config=RunConfig(name="train", storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=config.train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
