@@ -139,9 +139,11 @@ class TrainConfig(_Section):
     cpus_per_worker: int | None = Field(None, gt=0, description="CPUs per worker; default: all local CPUs / workers.")
     use_gpu: bool = Field(False, description="One GPU per worker.")
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config (cluster/deepspeed/*.json).")
-    checkpoint_every_epochs: int = Field(1, gt=0, description="Report a resumable checkpoint every N epochs.")
+    checkpoint_every_epochs: int | None = Field(
+        None, gt=0, description="Report a resumable checkpoint every N epochs; default: every epoch when "
+        "train.max_failures > 0, else none but the final model (a checkpoint costs a save and a Ray round trip).")
     max_failures: int = Field(0, ge=0, description="Worker failures to survive by resuming from a checkpoint.")
-    log_every: int = Field(5, gt=0, description="Report metrics every N steps.")
+    log_every: int = Field(10, gt=0, description="Report metrics every N steps (and at the end of each epoch).")
 
 
 class EvalConfig(_Section):

@@ -66,7 +66,8 @@ def ensure_ray(address: str | None, num_cpus: int | None, progress: Progress = p
         progress("joined the running Ray cluster")
     except (ConnectionError, RuntimeError, ValueError):
         progress("starting a local Ray")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # With the dashboard: its state API is what Ray Train's controller polls, and users watch runs there.
+        ray.init(num_cpus=num_cpus, log_to_driver=True)
 
 
 def run_unlearning(
@@ -229,6 +230,8 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
     # DeepSpeed picks its accelerator once per process, at import (transformers may import it even without ZeRO):
     # on CPU workers say so rather than let it guess and warn.
     env = {} if config.train.use_gpu or "DS_ACCELERATOR" in os.environ else {"DS_ACCELERATOR": "cpu"}
+    # Ray Train V2 re-routes `print` through its logger *and* the wrapped stdout: every progress line came twice.
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},

@@ -206,7 +206,8 @@ class UnlearningWorker:
             stop = self._refine_forget_set()
             if stop:
                 break
-            if self.epoch % self.cfg["checkpoint_every_epochs"] == 0 and self.epoch < epochs:
+            every = self.cfg["checkpoint_every_epochs"] or (1 if self.cfg["max_failures"] else 0)
+            if every and self.epoch % every == 0 and self.epoch < epochs:
                 self._checkpoint()
 
     def _refine_forget_set(self) -> bool:
@@ -329,9 +330,22 @@ def _fault_injection(cfg: dict[str, Any], rank: int, global_step: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _quiet_ray_train_reports() -> None:
+    """Ray Train V2 logs every `report` call at INFO through a logger named after its file, out of reach of
+    `LoggingConfig`; our own progress lines already say the same, so keep only its warnings."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: leave its logging as it is
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: `config["job"]` is a `TrainJob`."""
     job: TrainJob = config["job"]
+    _quiet_ray_train_reports()
     if job.train.get("deepspeed"):
         import warnings
 
