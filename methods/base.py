@@ -110,6 +110,19 @@ class UnlearningMethod:
         return None
 
     # --- helpers for subclasses ---------------------------------------------------------------------------
+    def add_retain_nll(
+        self, model: torch.nn.Module, batch: Batch, loss: torch.Tensor, logs: dict[str, Any]
+    ) -> torch.Tensor:
+        """`loss + alpha * NLL(retain)` when the method uses retain data (GradDiff-style regulariser); logs it too."""
+        if not self.uses_retain:
+            return loss
+        from methods.numerics import forward_logits, token_mean_nll
+
+        retain = batch["retain"]
+        retain_nll = token_mean_nll(forward_logits(model, retain), retain["labels"])
+        logs["retain_nll"] = retain_nll
+        return loss + self.hparams.alpha * retain_nll
+
     @torch.no_grad()
     def reference_logits(self, part: BatchPart) -> torch.Tensor:
         assert self.reference is not None

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import Batch, BatchPart, Hyperparameters, UnlearningMethod, as_float_logs
-from methods.numerics import forward_logits, sequence_logprob, token_mean_nll
+from methods.numerics import forward_logits, sequence_logprob
 from methods.registry import register
 
 
@@ -54,9 +54,5 @@ class IdkPO(UnlearningMethod):
         forget_loss = (-2.0 / beta) * F.logsigmoid(beta * margin).mean()
         loss = self.hparams.gamma * forget_loss
         logs = {"forget_dpo": forget_loss, "idk_log_ratio": win.mean(), "forget_log_ratio": lose.mean()}
-        if self.uses_retain:
-            retain = batch["retain"]
-            retain_nll = token_mean_nll(forward_logits(model, retain), retain["labels"])
-            loss = loss + self.hparams.alpha * retain_nll
-            logs["retain_nll"] = retain_nll
+        loss = self.add_retain_nll(model, batch, loss, logs)
         return loss, as_float_logs(**logs)

@@ -21,7 +21,6 @@ from methods.numerics import (
     masked_token_mean,
     next_token_log_softmax,
     shift_for_next_token,
-    token_mean_nll,
 )
 from methods.registry import register
 
@@ -61,11 +60,7 @@ class InvertedHingeLoss(UnlearningMethod):
         forget_ihl = masked_token_mean(per_token, mask)
         loss = forget_ihl
         logs = {"forget_ihl": forget_ihl}
-        if self.uses_retain:
-            retain = batch["retain"]
-            retain_nll = token_mean_nll(forward_logits(model, retain), retain["labels"])
-            loss = loss + self.hparams.alpha * retain_nll
-            logs["retain_nll"] = retain_nll
+        loss = self.add_retain_nll(model, batch, loss, logs)
         return loss, as_float_logs(**logs)
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import Batch, Hyperparameters, UnlearningMethod, as_float_logs
-from methods.numerics import forward_logits, sequence_logprob, token_mean_nll
+from methods.numerics import forward_logits, sequence_logprob
 from methods.registry import register
 
 
@@ -48,9 +48,5 @@ class NPO(UnlearningMethod):
         forget_loss = (-2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
         loss = self.hparams.gamma * forget_loss
         logs = {"forget_npo": forget_loss, "forget_log_ratio": log_ratio.mean()}
-        if self.uses_retain:
-            retain = batch["retain"]
-            retain_nll = token_mean_nll(forward_logits(model, retain), retain["labels"])
-            loss = loss + self.hparams.alpha * retain_nll
-            logs["retain_nll"] = retain_nll
+        loss = self.add_retain_nll(model, batch, loss, logs)
         return loss, as_float_logs(**logs)

@@ -210,7 +210,6 @@ def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_di
 
 
 def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progress) -> dict[str, Any]:
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

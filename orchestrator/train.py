@@ -181,9 +181,9 @@ class UnlearningWorker:
     # --- train --------------------------------------------------------------------------------------------
     def train(self) -> None:
         epochs, log_every = self.cfg["epochs"], self.cfg["log_every"]
-        steps = self.batches.steps_per_epoch()
         started = time.perf_counter()
         while self.epoch < epochs:
+            steps = self.batches.steps_per_epoch()  # ICU's refinement shrinks the forget set between epochs
             window: list[dict[str, float]] = []
             for step_in_epoch, batch in enumerate(self.batches.epoch(self.epoch)):
                 batch = {name: self._to_device(part) for name, part in batch.items()}
