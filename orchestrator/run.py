@@ -84,6 +84,7 @@ def run_unlearning(
     check_deepspeed(config)
     ensure_ray(config.ray.address, config.ray.num_cpus, progress)
     check_resources(config)
+    check_memory(config, progress)
     prepared = prepared or prepare(config, progress=progress)
     t_prepared = time.perf_counter()
     tokenizer = load_tokenizer(prepared.tokenizer_dir)
@@ -160,6 +161,19 @@ def check_resources(config: ExperimentConfig, cpus_per_worker: int | None = None
     if config.train.use_gpu and config.train.workers > gpus:
         raise ConfigError(f"train.use_gpu with train.workers={config.train.workers} needs "
                           f"{config.train.workers} GPUs, but the Ray cluster has {gpus}")
+
+
+def check_memory(config: ExperimentConfig, progress: Progress = print) -> None:
+    """Refuse a run whose per-worker memory plan (`unlearn plan`) does not fit, before anything is trained."""
+    from orchestrator.plan import plan_memory
+
+    try:
+        plan = plan_memory(config)
+    except ConfigError as err:  # a model whose shape cannot be known offline: the run itself will tell
+        progress(f"memory plan skipped: {err}")
+        return
+    if not plan.fits:
+        raise ConfigError(f"the run does not fit (see `unlearn plan`): {plan.reason}")
 
 
 def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_dir: str) -> TrainJob:

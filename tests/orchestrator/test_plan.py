@@ -173,3 +173,13 @@ def test_cli_plan_reports_config_errors(tmp_path, capsys):
     path = write_yaml(tmp_path, {"model": {"name": "someone/unknown-model"}})
     assert main(["plan", path]) == 2
     assert "not built in" in capsys.readouterr().err
+
+
+def test_run_refuses_a_plan_that_does_not_fit_before_training():
+    from orchestrator.config import ConfigError, load_config
+    from orchestrator.run import check_memory
+
+    check_memory(load_config(None), progress=lambda m: None)  # the embedded default fits
+    too_big = load_config("experiments/tofu_llama2_7b_npo.yaml").with_overrides(**{"train.workers": 1})
+    with pytest.raises(ConfigError, match="does not fit .*optimizer states"):
+        check_memory(too_big, progress=lambda m: None)
