@@ -17,10 +17,8 @@ reports for the tensors, plus a margin for the allocator.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from orchestrator.config import ConfigError, ExperimentConfig
@@ -125,35 +123,27 @@ def _count(n: int) -> str:
 
 
 def read_deepspeed(path: str | os.PathLike | None, use_gpu: bool, hidden_size: int) -> ZeroSettings:
-    """ZeRO stage, offload and precision of a DeepSpeed JSON, with "auto" resolved as `deepspeed_engine.py` does:
-    bf16 on GPU workers (never on CPU), fp16 off, bucket sizes from the hidden size (HF's integration rules)."""
+    """ZeRO stage, offload and precision of a DeepSpeed JSON, its "auto" values filled by the very function the
+    training engine uses (`deepspeed_engine.deepspeed_config`): bf16 on GPU workers only, buckets from the hidden
+    size. Errors are the engine's too."""
     if path is None:
         return ZeroSettings()
-    try:
-        ds = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"train.deepspeed {str(path)!r}: cannot read it: {err}") from None
-    zero = ds.get("zero_optimization", {})
-    stage = int(zero.get("stage", 0))
-    mixed = None
-    for key, dtype, auto in (("bf16", "bfloat16", use_gpu), ("fp16", "float16", False)):
-        enabled = ds.get(key, {}).get("enabled", False)
-        if enabled is True or (enabled == "auto" and auto):
-            mixed = dtype
+    from orchestrator.deepspeed_engine import deepspeed_config
 
-    def elements(key: str, default: float) -> float:
-        value = zero.get(key, default)
-        if value != "auto":
-            return float(value)
-        return float(int(0.9 * hidden_size * hidden_size) if key.startswith("stage3") else hidden_size * hidden_size)
-
-    gather = elements("stage3_prefetch_bucket_size", 5e7) if stage == 3 else elements("allgather_bucket_size", 5e8)
+    ds = deepspeed_config(str(path), {"batch_size": 1, "max_grad_norm": None}, world_size=1,
+                          bf16_available=use_gpu, hidden_size=hidden_size)
+    zero = ds["zero_optimization"]
+    stage = int(zero["stage"])
+    mixed = ("bfloat16" if ds.get("bf16", {}).get("enabled") is True
+             else "float16" if ds.get("fp16", {}).get("enabled") is True else None)
+    gather = (float(zero.get("stage3_prefetch_bucket_size", 5e7)) if stage == 3
+              else float(zero.get("allgather_bucket_size", 5e8)))
     return ZeroSettings(
         stage=stage,
         offload_optimizer=zero.get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme"),
         offload_params=stage == 3 and zero.get("offload_param", {}).get("device", "none") in ("cpu", "nvme"),
         mixed_precision=mixed,
-        bucket_elements=(elements("reduce_bucket_size", 5e8) + gather) if stage else 0.0,
+        bucket_elements=(float(zero.get("reduce_bucket_size", 5e8)) + gather) if stage else 0.0,
         max_live_parameters=float(zero.get("stage3_max_live_parameters", 1e9)),
     )
 
