@@ -144,6 +144,13 @@ class ReferenceCache:
         self._token: dict[tuple[str, int], torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
+        # Optional: combine this worker's "all rows cached" with the other workers' (ZeRO-3 makes the reference
+        # forward a collective, so all workers must agree on whether to run it). None: decide locally.
+        self.agree: Callable[[bool, torch.device], bool] | None = None
+
+    def _hit(self, store: dict[tuple[str, int], torch.Tensor], key: str, part: BatchPart) -> bool:
+        hit = all((key, int(i)) in store for i in part["index"].tolist())
+        return self.agree(hit, part["input_ids"].device) if self.agree is not None else hit
 
     def __len__(self) -> int:
         return len(self._sequence) + len(self._token)
@@ -153,7 +160,7 @@ class ReferenceCache:
     ) -> torch.Tensor:
         """`[batch]` values; `compute(part)` is called (under no_grad) only if some row is missing."""
         indices = [int(i) for i in part["index"].tolist()]
-        if all((key, i) in self._sequence for i in indices):
+        if self._hit(self._sequence, key, part):
             self.hits += len(indices)
             return torch.stack([self._sequence[(key, i)] for i in indices]).to(part["input_ids"].device)
         with torch.no_grad():
@@ -175,7 +182,7 @@ class ReferenceCache:
         mask = token_mask(shifted_labels).bool()
         indices = [int(i) for i in part["index"].tolist()]
         device = part["input_ids"].device
-        if all((key, i) in self._token for i in indices):
+        if self._hit(self._token, key, part):
             self.hits += len(indices)
             rows = [self._token[(key, i)] for i in indices]
             out = torch.zeros((*mask.shape, *rows[0].shape[1:]), dtype=torch.float32, device=device)

@@ -253,27 +253,12 @@ def collective_reference_cache(cache) -> None:
     must run it at the same calls. Each worker caches the rows it has seen, and its shard (and its random retain
     rows) differ, so one worker can hit its cache where another misses and the all-gather would hang. With this, a
     lookup is a hit only where it hits on every worker (one all-reduce of a flag); otherwise every worker recomputes
-    the rows of the batch. The class is swapped on the instance so that every holder of the cache (SOUL shares its
-    inner objective's) sees the change.
+    the rows of the batch. SOUL shares its inner objective's cache object, so setting it once covers both.
     """
-    if not isinstance(cache, _CollectiveReferenceCache):
-        cache.__class__ = type("CollectiveReferenceCache", (_CollectiveReferenceCache, type(cache)), {})
+    cache.agree = _hit_on_every_worker
 
 
-class _CollectiveReferenceCache:
-    def per_sequence(self, key, part, compute):
-        self._agree(self._sequence, key, part)
-        return super().per_sequence(key, part, compute)
-
-    def per_token(self, key, part, compute, dtype=torch.float32):
-        self._agree(self._token, key, part)
-        return super().per_token(key, part, compute, dtype)
-
-    @staticmethod
-    def _agree(store: dict, key: str, part: dict[str, torch.Tensor]) -> None:
-        indices = [int(i) for i in part["index"].tolist()]
-        cached = torch.tensor([float(all((key, i) in store for i in indices))], device=part["input_ids"].device)
-        dist.all_reduce(cached, op=dist.ReduceOp.MIN)
-        if not cached.item():
-            for i in indices:
-                store.pop((key, i), None)
+def _hit_on_every_worker(hit: bool, device: torch.device) -> bool:
+    flag = torch.tensor([float(hit)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
