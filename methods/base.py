@@ -116,10 +116,10 @@ class UnlearningMethod:
         """`loss + alpha * NLL(retain)` when the method uses retain data (GradDiff-style regulariser); logs it too."""
         if not self.uses_retain:
             return loss
-        from methods.numerics import forward_logits, token_mean_nll
+        from methods.numerics import forward_logits, token_denominator, token_mean_nll
 
         retain = batch["retain"]
-        retain_nll = token_mean_nll(forward_logits(model, retain), retain["labels"])
+        retain_nll = token_mean_nll(forward_logits(model, retain), retain["labels"], token_denominator(retain))
         logs["retain_nll"] = retain_nll
         return loss + self.hparams.alpha * retain_nll
 

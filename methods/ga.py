@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from methods.base import Batch, Hyperparameters, UnlearningMethod, as_float_logs
-from methods.numerics import forward_logits, token_mean_nll
+from methods.numerics import forward_logits, token_denominator, token_mean_nll
 from methods.registry import register
 
 
@@ -25,5 +25,5 @@ class GradientAscent(UnlearningMethod):
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         forget = batch["forget"]
         # open-unlearning GradAscent: `loss = -model(**forget).loss`, HF's token-mean NLL over the whole batch.
-        forget_nll = token_mean_nll(forward_logits(model, forget), forget["labels"])
+        forget_nll = token_mean_nll(forward_logits(model, forget), forget["labels"], token_denominator(forget))
         return -forget_nll, as_float_logs(forget_nll=forget_nll)

@@ -13,7 +13,13 @@ import pydantic
 import torch
 
 from methods.base import Batch, BatchPart, Hyperparameters, UnlearningMethod, as_float_logs
-from methods.numerics import forward_logits, masked_token_mean, next_token_log_softmax, token_mean_nll
+from methods.numerics import (
+    forward_logits,
+    masked_token_mean,
+    next_token_log_softmax,
+    token_denominator,
+    token_mean_nll,
+)
 from methods.registry import register
 
 
@@ -35,7 +41,7 @@ def retain_kl(method: UnlearningMethod, model: torch.nn.Module, retain: BatchPar
     # Renormalise what float16 rounding left (|error| <= 2^-11 |log p|): p_ref sums to 1 again and the KL stays >= 0.
     log_p_ref = torch.log_softmax(cached, dim=-1)
     kl_per_token = (log_p_ref.exp() * (log_p_ref - log_p)).sum(dim=-1)
-    return masked_token_mean(kl_per_token, mask)
+    return masked_token_mean(kl_per_token, mask, token_denominator(retain))
 
 
 @register
@@ -64,7 +70,7 @@ class GradDiff(UnlearningMethod):
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         forget = batch["forget"]
-        forget_nll = token_mean_nll(forward_logits(model, forget), forget["labels"])
+        forget_nll = token_mean_nll(forward_logits(model, forget), forget["labels"], token_denominator(forget))
         loss = -self.hparams.gamma * forget_nll
         logs = {"forget_nll": forget_nll}
         if self.uses_retain:
@@ -72,7 +78,7 @@ class GradDiff(UnlearningMethod):
             if self.retain_loss == "kl":
                 retain_loss = retain_kl(self, model, retain)
             else:
-                retain_loss = token_mean_nll(forward_logits(model, retain), retain["labels"])
+                retain_loss = token_mean_nll(forward_logits(model, retain), retain["labels"], token_denominator(retain))
             loss = loss + self.hparams.alpha * retain_loss
             logs[f"retain_{self.retain_loss}"] = retain_loss
         return loss, as_float_logs(**logs)

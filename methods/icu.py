@@ -27,7 +27,13 @@ from methods.icu_metrics import (
     sentence_bleu,
     token_f1,
 )
-from methods.numerics import forward_logits, masked_token_mean, next_token_log_softmax, token_mean_nll
+from methods.numerics import (
+    forward_logits,
+    masked_token_mean,
+    next_token_log_softmax,
+    token_denominator,
+    token_mean_nll,
+)
 from methods.registry import register
 
 
@@ -77,9 +83,10 @@ class ICU(UnlearningMethod):
     # --- the loss ---------------------------------------------------------------------------------------------
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         forget, analogous = batch["forget"], batch["analogous"]
-        forget_nll = token_mean_nll(forward_logits(model, forget), forget["labels"])
+        forget_nll = token_mean_nll(forward_logits(model, forget), forget["labels"], token_denominator(forget))
         analogous_logits = forward_logits(model, analogous)
-        analogous_nll = token_mean_nll(analogous_logits, analogous["labels"])
+        analogous_tokens = token_denominator(analogous)
+        analogous_nll = token_mean_nll(analogous_logits, analogous["labels"], analogous_tokens)
         log_q, mask = next_token_log_softmax(analogous_logits, analogous["labels"])
         log_p_original = self.reference_cache.per_token(
             "analogous_log_softmax",
@@ -92,7 +99,7 @@ class ICU(UnlearningMethod):
         # answer tokens (cached rows exist only there), like every token mean in methods/. CE = KL + H(p_original):
         # same gradient as KL(p_original || p_current).
         p_original = torch.where(mask.bool().unsqueeze(-1), log_p_original.exp(), 0.0)  # unlabelled rows: exp(0)
-        cross_entropy = masked_token_mean(-(p_original * log_q).sum(dim=-1), mask)
+        cross_entropy = masked_token_mean(-(p_original * log_q).sum(dim=-1), mask, analogous_tokens)
         hp = self.hparams
         loss = -forget_nll + hp.alpha * analogous_nll + hp.beta * cross_entropy  # code: -uw*unlearn + lw*learn + kl*kl
         return loss, as_float_logs(

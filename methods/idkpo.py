@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import Batch, BatchPart, Hyperparameters, UnlearningMethod, as_float_logs
-from methods.numerics import forward_logits, sequence_logprob
+from methods.numerics import forward_logits, sequence_denominator, sequence_logprob, sequence_mean
 from methods.registry import register
 
 
@@ -51,8 +51,13 @@ class IdkPO(UnlearningMethod):
         lose = self._log_ratio(model, batch["forget"], "forget_logprob")
         margin = win - lose
         # arXiv 2305.18290 Eq. 7 with open-unlearning's 2/beta scaling (`compute_dpo_loss`).
-        forget_loss = (-2.0 / beta) * F.logsigmoid(beta * margin).mean()
+        rows = sequence_denominator(batch["forget"])  # `alternate` row i pairs with `forget` row i: the same rows
+        forget_loss = (-2.0 / beta) * sequence_mean(F.logsigmoid(beta * margin), rows)
         loss = self.hparams.gamma * forget_loss
-        logs = {"forget_dpo": forget_loss, "idk_log_ratio": win.mean(), "forget_log_ratio": lose.mean()}
+        logs = {
+            "forget_dpo": forget_loss,
+            "idk_log_ratio": sequence_mean(win.detach(), rows),
+            "forget_log_ratio": sequence_mean(lose.detach(), rows),
+        }
         loss = self.add_retain_nll(model, batch, loss, logs)
         return loss, as_float_logs(**logs)

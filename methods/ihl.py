@@ -21,6 +21,7 @@ from methods.numerics import (
     masked_token_mean,
     next_token_log_softmax,
     shift_for_next_token,
+    token_denominator,
 )
 from methods.registry import register
 
@@ -57,7 +58,7 @@ class InvertedHingeLoss(UnlearningMethod):
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         forget = batch["forget"]
         per_token, mask = inverted_hinge(forward_logits(model, forget), forget["labels"])
-        forget_ihl = masked_token_mean(per_token, mask)
+        forget_ihl = masked_token_mean(per_token, mask, token_denominator(forget))
         loss = forget_ihl
         logs = {"forget_ihl": forget_ihl}
         loss = self.add_retain_nll(model, batch, loss, logs)

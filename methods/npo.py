@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import Batch, Hyperparameters, UnlearningMethod, as_float_logs
-from methods.numerics import forward_logits, sequence_logprob
+from methods.numerics import forward_logits, sequence_denominator, sequence_logprob, sequence_mean
 from methods.registry import register
 
 
@@ -45,8 +45,9 @@ class NPO(UnlearningMethod):
         )
         log_ratio = logp - logp_ref
         # arXiv 2404.05868 Sec. 3; -(2/beta) * logsigmoid(-beta * r) == (2/beta) * log(1 + exp(beta * r)), stable form.
-        forget_loss = (-2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+        rows = sequence_denominator(forget)
+        forget_loss = (-2.0 / beta) * sequence_mean(F.logsigmoid(-beta * log_ratio), rows)
         loss = self.hparams.gamma * forget_loss
-        logs = {"forget_npo": forget_loss, "forget_log_ratio": log_ratio.mean()}
+        logs = {"forget_npo": forget_loss, "forget_log_ratio": sequence_mean(log_ratio.detach(), rows)}
         loss = self.add_retain_nll(model, batch, loss, logs)
         return loss, as_float_logs(**logs)

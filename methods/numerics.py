@@ -3,6 +3,13 @@
 Every loss in `methods/` goes through these helpers so that masking (-100 labels), the next-token shift and the
 reductions are written once and tested once. Conventions follow HF causal LMs: `labels[t]` is the token that
 position `t` must produce, so logits at position `t - 1` predict it.
+
+Means over a batch that is split across workers (after OpenRLHF `openrlhf/models/loss.py`, `aggregate_loss`): a mean
+is a sum divided by a count, and on N workers whose gradients the engine averages, worker i must return
+`sum_i / (count / N)`, `count` being the *global* batch's, so that the average of the workers' values (and of their
+gradients) is the global mean whatever the split. The training loop all-reduces each part's counts
+(`batch_counts`) and stores the per-worker denominators in the parts (`with_denominators`); every mean below uses
+them where present and the part's own count otherwise, so a method used on one process needs nothing of this.
 """
 
 from __future__ import annotations
@@ -11,6 +18,10 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+# Optional 0-d tensors in a batch part, set by the training loop: the global batch's labelled tokens (after the shift)
+# and rows of this part, each divided by the number of workers whose gradients are averaged.
+TOKENS_PER_WORKER = "tokens_per_worker"
+SEQUENCES_PER_WORKER = "sequences_per_worker"
 
 
 def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,15 +61,77 @@ def sequence_mean_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return logprobs.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
 
 
-def token_mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood averaged over every labelled token in the batch (HF's `model(...).loss`)."""
+def token_mean_nll(
+    logits: torch.Tensor, labels: torch.Tensor, denominator: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Negative log-likelihood averaged over every labelled token in the batch (HF's `model(...).loss`).
+
+    `denominator`: the part's `tokens_per_worker` (see `token_denominator`); None divides by this batch's count.
+    """
     logprobs, mask = token_logprobs(logits, labels)
-    return -logprobs.sum() / mask.sum().clamp(min=1.0)
+    return -_divide(logprobs.sum(), mask.sum(), denominator)
 
 
-def masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of a per-token quantity over the labelled tokens of the whole batch."""
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+def masked_token_mean(
+    values: torch.Tensor, mask: torch.Tensor, denominator: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of a per-token quantity over the labelled tokens of the whole batch (`denominator` as in token_mean_nll)."""
+    return _divide((values * mask).sum(), mask.sum(), denominator)
+
+
+def sequence_mean(values: torch.Tensor, denominator: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of a per-sequence quantity `[batch]` over the batch's rows (NPO, DPO, SimNPO).
+
+    `denominator`: the part's `sequences_per_worker` (see `sequence_denominator`); None divides by this batch's rows.
+    """
+    return _divide(values.sum(), torch.tensor(float(values.shape[0]), device=values.device), denominator)
+
+
+def _divide(total: torch.Tensor, local_count: torch.Tensor, denominator: torch.Tensor | None) -> torch.Tensor:
+    if denominator is None:
+        denominator = local_count.clamp(min=1.0)
+    return total / denominator.to(device=total.device, dtype=total.dtype)
+
+
+# --- global denominators: what the training loop hands every mean when the batch is split across workers ------
+def token_denominator(part: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The denominator of this worker's share of a token mean over `part`, or None (one process: its own count)."""
+    return part.get(TOKENS_PER_WORKER)
+
+
+def sequence_denominator(part: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The denominator of this worker's share of a mean over `part`'s sequences, or None (its own row count)."""
+    return part.get(SEQUENCES_PER_WORKER)
+
+
+def batch_counts(batch: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+    """`[parts, 2]` float64 (labelled tokens after the shift, rows) of each part, parts in sorted name order.
+
+    The loop sums this over workers (one all-reduce) and hands the sum to `with_denominators`.
+    """
+    rows = []
+    for name in sorted(batch):
+        labels = batch[name]["labels"]
+        tokens = token_mask(shift_for_next_token(labels.unsqueeze(-1), labels)[1]).sum()
+        rows.append(torch.stack([tokens.double(), torch.tensor(float(labels.shape[0]), dtype=torch.float64,
+                                                                device=labels.device)]))
+    return torch.stack(rows)
+
+
+def with_denominators(
+    batch: dict[str, dict[str, torch.Tensor]], global_counts: torch.Tensor, workers: int
+) -> dict[str, dict[str, torch.Tensor]]:
+    """A copy of `batch` whose parts carry `tokens_per_worker` and `sequences_per_worker`.
+
+    `global_counts`: `batch_counts` summed over the `workers` workers. A count is clamped to 1 before the division
+    (as the local means clamp theirs), so an all-padding part gives 0, not a division by zero. Float32: exact for
+    counts below 2^24, and the dtype of the sums they divide.
+    """
+    per_worker = (global_counts.clamp(min=1.0) / workers).float()
+    out = {}
+    for name, (tokens, sequences) in zip(sorted(batch), per_worker):
+        out[name] = {**batch[name], TOKENS_PER_WORKER: tokens, SEQUENCES_PER_WORKER: sequences}
+    return out
 
 
 def forward_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

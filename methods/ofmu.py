@@ -38,7 +38,7 @@ import torch
 
 from methods.base import Batch, BatchPart, Hyperparameters, StepEngine, UnlearningMethod, as_float_logs
 from methods.collectives import average_across_workers
-from methods.numerics import forward_logits, token_mean_nll
+from methods.numerics import forward_logits, token_denominator, token_mean_nll
 from methods.registry import register
 
 Tensors = Sequence[torch.Tensor]
@@ -188,7 +188,7 @@ class OFMU(UnlearningMethod):
 
 
 def _nll(model: torch.nn.Module, part: BatchPart) -> torch.Tensor:
-    return token_mean_nll(forward_logits(model, part), part["labels"])
+    return token_mean_nll(forward_logits(model, part), part["labels"], token_denominator(part))
 
 
 def _grad(loss: torch.Tensor, params: Tensors, create_graph: bool) -> list[torch.Tensor]:

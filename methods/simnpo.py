@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import Batch, Hyperparameters, UnlearningMethod, as_float_logs
-from methods.numerics import forward_logits, sequence_mean_logprob
+from methods.numerics import forward_logits, sequence_denominator, sequence_mean, sequence_mean_logprob
 from methods.registry import register
 
 
@@ -45,8 +45,9 @@ class SimNPO(UnlearningMethod):
         # |y| = the answer's labelled tokens (open-unlearning: `loss_mask.sum(-1)`); log p(y|x) / |y| per sequence.
         mean_logp = sequence_mean_logprob(forward_logits(model, forget), forget["labels"])
         # arXiv 2410.07163 SimNPO loss, the reference code's margin: -(2/beta) logsigmoid(beta * (NLL/|y| - delta)).
-        forget_loss = (-2.0 / beta) * F.logsigmoid(beta * (-mean_logp - self.hparams.delta)).mean()
+        rows = sequence_denominator(forget)
+        forget_loss = (-2.0 / beta) * sequence_mean(F.logsigmoid(beta * (-mean_logp - self.hparams.delta)), rows)
         loss = self.hparams.gamma * forget_loss
-        logs = {"forget_simnpo": forget_loss, "forget_mean_logprob": mean_logp.mean()}
+        logs = {"forget_simnpo": forget_loss, "forget_mean_logprob": sequence_mean(mean_logp.detach(), rows)}
         loss = self.add_retain_nll(model, batch, loss, logs)
         return loss, as_float_logs(**logs)

@@ -16,7 +16,7 @@ import torch
 
 from methods.base import Batch, BatchPart, Hyperparameters, StepEngine, UnlearningMethod, as_float_logs
 from methods.collectives import average_across_workers
-from methods.numerics import IGNORE_INDEX, forward_logits, shift_for_next_token, token_mean_nll
+from methods.numerics import IGNORE_INDEX, forward_logits, shift_for_next_token, token_denominator, token_mean_nll
 from methods.registry import build, needs_reference, register, validate_hyperparameters
 from methods.sophia import SophiaG
 
@@ -132,7 +132,7 @@ class SOUL(UnlearningMethod):
             sampled = torch.distributions.Categorical(logits=shifted_logits.detach().float()).sample()
         sampled_labels = forget["labels"].clone()
         sampled_labels[:, 1:] = torch.where(shifted_labels != IGNORE_INDEX, sampled, IGNORE_INDEX)
-        sampled_nll = token_mean_nll(logits, sampled_labels)
+        sampled_nll = token_mean_nll(logits, sampled_labels, token_denominator(forget))  # same labelled positions
         engine.backward(sampled_nll)
         grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         average_across_workers(grads)

@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import Batch, Hyperparameters, UnlearningMethod, as_float_logs
-from methods.numerics import forward_logits, masked_token_mean, next_token_log_softmax, shift_for_next_token
+from methods.numerics import (
+    forward_logits,
+    masked_token_mean,
+    next_token_log_softmax,
+    shift_for_next_token,
+    token_denominator,
+)
 from methods.registry import register
 
 
@@ -50,6 +56,7 @@ class UnDIAL(UnlearningMethod):
         # arXiv 2402.10052 Sec. 3: target = softmax(z_teacher - gamma * onehot(y_t)), a fixed soft label.
         penalty = torch.full_like(true_token, -self.hparams.gamma, dtype=teacher_log_p.dtype)
         target = F.softmax(teacher_log_p.scatter_add(-1, true_token, penalty), dim=-1)
-        loss = masked_token_mean(-(target * log_p).sum(dim=-1), mask)
-        true_token_prob = masked_token_mean(log_p.detach().gather(-1, true_token).squeeze(-1).exp(), mask)
+        tokens = token_denominator(forget)
+        loss = masked_token_mean(-(target * log_p).sum(dim=-1), mask, tokens)
+        true_token_prob = masked_token_mean(log_p.detach().gather(-1, true_token).squeeze(-1).exp(), mask, tokens)
         return loss, as_float_logs(forget_cross_entropy=loss, forget_true_token_prob=true_token_prob)

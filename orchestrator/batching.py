@@ -13,7 +13,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import torch.distributed as dist
+
 from methods import Batch
+from methods.numerics import batch_counts, with_denominators
 from orchestrator.data.tokenize import EncodedRow, collate
 
 
@@ -93,3 +96,17 @@ class UnlearningBatches:
                 if aligned in self.parts:
                     batch[aligned] = collate([getattr(self.rows, aligned)[i] for i in positions], self.pad_token_id)
             yield batch
+
+
+def with_global_denominators(batch: Batch, world_size: int) -> Batch:
+    """`batch` (this worker's, on its device) with the global batch's per-worker denominators in every part.
+
+    One all-reduce of every part's (labelled tokens, rows) counts; the methods then divide their sums by
+    `global count / world_size` (methods/numerics.py), so that the engine's average of the workers' gradients, and the
+    loop's average of their logged values, are those of the global batch however its rows and tokens are split.
+    Every worker must call it at every step (a collective when world_size > 1).
+    """
+    counts = batch_counts(batch)
+    if world_size > 1:
+        dist.all_reduce(counts)
+    return with_denominators(batch, counts, world_size)

@@ -25,7 +25,7 @@ import torch
 
 import methods
 from methods import ForgetSample, UnlearningMethod
-from orchestrator.batching import UnlearningBatches, UnlearningRows
+from orchestrator.batching import UnlearningBatches, UnlearningRows, with_global_denominators
 from orchestrator.engine import TorchStepEngine, linear_schedule
 
 TRAIN_STATE = "train_state.pt"
@@ -187,6 +187,7 @@ class UnlearningWorker:
             window: list[dict[str, float]] = []
             for step_in_epoch, batch in enumerate(self.batches.epoch(self.epoch)):
                 batch = {name: self._to_device(part) for name, part in batch.items()}
+                batch = with_global_denominators(batch, self.world_size)  # means over the global batch
                 logs = self.method.training_step(self.engine.model, batch, self.engine)
                 self.global_step += 1
                 _fault_injection(self.cfg, self.rank, self.global_step)
@@ -294,7 +295,8 @@ class UnlearningWorker:
         return {k: sum(logs.get(k, 0.0) for logs in window) / len(window) for k in keys}
 
     def _across_workers(self, logs: dict[str, float]) -> dict[str, float]:
-        """The mean of each logged value over the workers (each logs its own shard's loss); the same on every rank."""
+        """The mean of each logged value over the workers; the same on every rank. A loss's mean over the workers is
+        the global batch's: each worker logs its share, its sums over the global counts (`with_global_denominators`)."""
         if self.world_size == 1:
             return logs
         import torch.distributed as dist
