@@ -154,9 +154,10 @@ class EvalConfig(_Section):
 
 class RayConfig(_Section):
     address: str | None = Field(
-        None, description="Ray cluster to join ('auto', 'ray://...'); default: a running one, else start locally."
+        None, description="Ray cluster to join ('host:port', 'ray://...', 'auto'); default: RAY_ADDRESS, else a "
+        "`ray start` cluster on this machine, else a private Ray started for the run (orchestrator/ray_session.py)."
     )
-    num_cpus: int | None = Field(None, gt=0, description="CPUs of a locally started Ray; default: all.")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs of a privately started Ray; default: all.")
 
 
 class ExperimentConfig(_Section):

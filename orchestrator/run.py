@@ -1,9 +1,9 @@
 """The run function: the project's one entry to unlearning.
 
 `run_unlearning(config)` prepares (from the cache), unlearns inside a Ray Train `TorchTrainer`, evaluates, and
-writes `summary.json`, the unlearned model and a report. It joins a Ray that is already running (a Tune trial, a
-cluster named by `ray.address`) and starts a local one only when none is there. Sweeps and request streams call it
-many times; only the unlearning and the evaluation after it are paid per call.
+writes `summary.json`, the unlearned model and a report. It joins the Ray this process holds (a Tune trial), one the
+user named or a `ray start` cluster, and otherwise starts a private one (`orchestrator/ray_session.py`). Sweeps and
+request streams call it many times; only the unlearning and the evaluation after it are paid per call.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Callable
 import methods
 from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.prepare import Prepared, encode_rows, evaluate_dir, eval_settings, load_tokenizer, prepare
+from orchestrator.ray_session import connect_ray
 from orchestrator.train import EXPORT_DIR, SUMMARY_FILE, TrainJob, train_loop_per_worker
 
 Progress = Callable[[str], None]
@@ -52,24 +53,6 @@ class RunError(RuntimeError):
     """The unlearning run itself failed (a worker error); the message says where to look."""
 
 
-def ensure_ray(address: str | None, num_cpus: int | None, progress: Progress = print) -> None:
-    """Join the Ray named by `address`, else a running local one, else start one in this process."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    try:
-        ray.init(address="auto", log_to_driver=True)
-        progress("joined the running Ray cluster")
-    except (ConnectionError, RuntimeError, ValueError):
-        progress("starting a local Ray")
-        # With the dashboard: its state API is what Ray Train's controller polls, and users watch runs there.
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
-
-
 def run_unlearning(
     config: ExperimentConfig,
     *,
@@ -82,7 +65,7 @@ def run_unlearning(
     started = time.perf_counter()
     output = config.resolved_output_dir().resolve()
     check_deepspeed(config)
-    ensure_ray(config.ray.address, config.ray.num_cpus, progress)
+    connect_ray(config.ray.address, config.ray.num_cpus, progress)
     check_resources(config)
     check_memory(config, progress)
     prepared = prepared or prepare(config, progress=progress)

@@ -1,0 +1,72 @@
+"""Which Ray a run uses: the one this process already holds, one the user named, a `ray start` cluster, or its own.
+
+`ray.init(address="auto")` joins *any* Ray found on the machine, including another program's private one: two
+`unlearn run` on one machine then share the first one's Ray, and the second dies with it when the first finishes.
+So a run joins only a Ray that is meant to be shared:
+
+1. the Ray this process is already connected to (a Tune trial, a notebook that called `ray.init`);
+2. the address the user named: `ray.address` in the config (`unlearn run --address`), else `RAY_ADDRESS` when
+   it is set and not empty;
+3. the cluster of the last `ray start` on this machine: `ray start` (and only it; `ray.init` never does) writes its
+   GCS address to `<ray temp dir>/ray_current_cluster` and `ray stop` removes it. The file is trusted only while a
+   process on this machine still serves or talks to that GCS (a raylet carries `--gcs-address`), so a file left
+   behind by a crashed `ray start` is not joined;
+
+and otherwise starts a private Ray with `ray.init(address="local")`, which ignores `RAY_ADDRESS` and the address
+file, so that nothing on the machine is picked up by accident. A private Ray ends with this process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+Progress = Callable[[str], None]
+
+
+def started_cluster_address(temp_dir: str | None = None) -> str | None:
+    """The GCS address of a live `ray start` cluster this machine belongs to, or None.
+
+    `temp_dir` is Ray's temporary folder (default /tmp/ray), where `ray start` leaves the address file.
+    """
+    from ray._common.utils import get_ray_address_file
+    from ray._private import services
+
+    path = get_ray_address_file(temp_dir)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        address = f.read().strip()
+    if not address:
+        return None
+    services.find_gcs_addresses.cache_clear()
+    return address if address in services.find_gcs_addresses() else None
+
+
+def named_address(configured: str | None) -> str | None:
+    """The address the user named: the config's (`--address`), else a non-empty `RAY_ADDRESS`."""
+    return configured or os.environ.get("RAY_ADDRESS") or None
+
+
+def connect_ray(address: str | None, num_cpus: int | None, progress: Progress = print) -> str:
+    """Connect this process to the Ray a run should use (see the module docstring); returns how, in words.
+
+    `num_cpus` applies only to a private Ray (a running cluster's size is its own).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return "the Ray this process already holds"
+    named = named_address(address)
+    if named:
+        ray.init(address=named, log_to_driver=True)
+        how = f"the Ray cluster at {named}"
+    elif (started := started_cluster_address()) is not None:
+        ray.init(address=started, log_to_driver=True)
+        how = f"the `ray start` cluster at {started}"
+    else:
+        # With the dashboard: its state API is what Ray Train's controller polls, and users watch runs there.
+        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
+        how = "a private local Ray"
+    progress(f"using {how}")
+    return how

@@ -1,0 +1,94 @@
+"""Which Ray a run joins: only one this process holds, one the user named, or a live `ray start` cluster.
+
+The slow test is the bug this module exists for: two `unlearn run` processes on one machine, started 5 s apart,
+each with its own private Ray, and both finish (before, the second joined the first one's Ray with
+`address="auto"` and died when the first ended).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.ray_session import named_address, started_cluster_address
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_config_address_wins_over_ray_address(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert named_address("10.0.0.2:6379") == "10.0.0.2:6379"
+    assert named_address(None) == "10.0.0.1:6379"
+
+
+def test_an_empty_ray_address_names_nothing(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    assert named_address(None) is None
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert named_address(None) is None
+
+
+def test_no_address_file_means_no_started_cluster(tmp_path):
+    assert started_cluster_address(str(tmp_path)) is None
+
+
+def test_an_address_file_without_a_live_cluster_is_not_joined(tmp_path):
+    """What a crashed `ray start` leaves behind: the file names a GCS no process on this machine talks to."""
+    (tmp_path / "ray_current_cluster").write_text("127.0.0.1:1\n")
+    assert started_cluster_address(str(tmp_path)) is None
+
+
+@pytest.mark.slow
+def test_an_address_file_of_a_live_cluster_is_joined(tmp_path):
+    """The file's address is trusted while this machine's raylet carries it (`--gcs-address`)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=1, include_dashboard=False)
+    try:
+        address = ray.get_runtime_context().gcs_address
+        (tmp_path / "ray_current_cluster").write_text(address)
+        assert started_cluster_address(str(tmp_path)) == address
+    finally:
+        if started:
+            ray.shutdown()
+
+
+SMALL = {
+    "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
+                       "vocab_size": 300},
+              "finetune": {"epochs": 2, "batch_size": 32}},
+    "data": {"synthetic": {"n_people": 10, "questions_per_person": 2}},
+    "method": {"name": "ga"},
+    "train": {"epochs": 3, "batch_size": 1},
+    "eval": {"max_per_split": 4, "max_new_tokens": 4},
+}
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_machine_each_use_their_own_ray(tmp_path):
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(SMALL))
+    env = {**os.environ, "RAY_UNLEARN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    runs = []
+    for name in ("first", "second"):
+        log = open(tmp_path / f"{name}.log", "w")
+        command = [sys.executable, "-m", "orchestrator.cli", "run", str(config), "--output", str(tmp_path / name),
+                   "--set", "ray.num_cpus=1"]
+        runs.append((name, subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        time.sleep(5)
+    for name, process, log in runs:
+        code = process.wait(timeout=600)
+        log.close()
+        text = (tmp_path / f"{name}.log").read_text()
+        assert code == 0, f"{name} run failed:\n{text[-3000:]}"
+        assert "using a private local Ray" in text
+        assert (tmp_path / name / "summary.json").is_file()
