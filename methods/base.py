@@ -17,19 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Protocol
 
-import pydantic
 import torch
 
+from methods.catalog import MethodProfile
+from methods.hyperparameters import Hyperparameters
 from methods.numerics import shift_for_next_token, token_mask
 
 Batch = dict[str, dict[str, torch.Tensor]]
 BatchPart = dict[str, torch.Tensor]
-
-
-class Hyperparameters(pydantic.BaseModel):
-    """Base of every method's hyperparameters: unknown keys are an error, values are validated on build."""
-
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
 
 class StepEngine(Protocol):
@@ -51,25 +46,20 @@ class ForgetSample:
 
 
 class UnlearningMethod:
-    """Base class: subclasses set `name`, `Hyperparameters`, the `uses_*` flags, and implement `loss`."""
+    """Base class: subclasses set `name` and `Hyperparameters` and implement `loss`.
+
+    What a method needs from the loop (batch parts, reference, DeepSpeed support) is its profile in
+    `methods/catalog.py`, computed from the hyperparameters without torch; the flags below read it.
+    """
 
     name: ClassVar[str]
     Hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
-    # Class defaults; a method whose needs depend on its hyperparameters sets them per instance in __init__
-    # (and overrides `wants_reference`). The orchestrator reads them from the built instance.
-    needs_reference: bool = False
-    uses_retain: bool = False
-    uses_alternate: bool = False
-    uses_analogous: bool = False
-    supports_deepspeed: bool = True
-
-    @classmethod
-    def wants_reference(cls, hparams: Hyperparameters) -> bool:
-        """Whether a method with these hyperparameters needs the frozen reference model at construction."""
-        return cls.needs_reference
 
     def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
-        if self.wants_reference(hparams) and reference is None:
+        from methods.registry import profile
+
+        self.profile: MethodProfile = profile(self.name, hparams)
+        if self.needs_reference and reference is None:
             raise ValueError(f"method {self.name!r} needs a frozen reference model; pass reference=...")
         self.hparams = hparams
         self.reference = reference
@@ -78,6 +68,26 @@ class UnlearningMethod:
             for parameter in reference.parameters():
                 parameter.requires_grad_(False)
         self.reference_cache = ReferenceCache()
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.profile.needs_reference
+
+    @property
+    def uses_retain(self) -> bool:
+        return self.profile.uses_retain
+
+    @property
+    def uses_alternate(self) -> bool:
+        return self.profile.uses_alternate
+
+    @property
+    def uses_analogous(self) -> bool:
+        return self.profile.uses_analogous
+
+    @property
+    def supports_deepspeed(self) -> bool:
+        return self.profile.supports_deepspeed
 
     # --- the contract -------------------------------------------------------------------------------------
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from methods.base import Batch, Hyperparameters, UnlearningMethod, as_float_logs
+from methods.base import Batch, UnlearningMethod, as_float_logs
+from methods.hyperparameters import GAHyperparameters
 from methods.numerics import forward_logits, token_denominator, token_mean_nll
-from methods.registry import register
 
 
-@register
 class GradientAscent(UnlearningMethod):
     """Minimise -NLL(forget), the NLL averaged over the forget batch's labelled tokens."""
 
     name = "ga"
 
-    class Hyperparameters(Hyperparameters):
-        """GA has no hyperparameters of its own; the learning rate and step count belong to the training loop."""
+    Hyperparameters = GAHyperparameters
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         forget = batch["forget"]

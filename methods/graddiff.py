@@ -7,12 +7,10 @@ Difference" and "KL Minimization", arXiv 2401.06121 Sec. 5. Weights follow open-
 
 from __future__ import annotations
 
-from typing import Literal
-
-import pydantic
 import torch
 
-from methods.base import Batch, BatchPart, Hyperparameters, UnlearningMethod, as_float_logs
+from methods.base import Batch, BatchPart, UnlearningMethod, as_float_logs
+from methods.hyperparameters import GradDiffHyperparameters, KLHyperparameters
 from methods.numerics import (
     forward_logits,
     masked_token_mean,
@@ -20,7 +18,6 @@ from methods.numerics import (
     token_denominator,
     token_mean_nll,
 )
-from methods.registry import register
 
 
 def retain_kl(method: UnlearningMethod, model: torch.nn.Module, retain: BatchPart) -> torch.Tensor:
@@ -44,28 +41,14 @@ def retain_kl(method: UnlearningMethod, model: torch.nn.Module, retain: BatchPar
     return masked_token_mean(kl_per_token, mask, token_denominator(retain))
 
 
-@register
 class GradDiff(UnlearningMethod):
     """gamma * (-NLL(forget)) + alpha * retain term, the retain term being NLL(retain) or KL(p_ref || p)."""
 
     name = "graddiff"
-    uses_retain = True
+    Hyperparameters = GradDiffHyperparameters
 
-    class Hyperparameters(Hyperparameters):
-        gamma: float = pydantic.Field(1.0, gt=0, description="weight of the forget (ascent) term (open-unlearning)")
-        alpha: float = pydantic.Field(1.0, ge=0, description="weight of the retain term; 0 drops it")
-        retain_loss: Literal["nll", "kl"] = pydantic.Field(
-            "nll", description="retain term: token-mean NLL, or KL(p_ref || p) to the frozen original model"
-        )
-
-    @classmethod
-    def wants_reference(cls, hparams: Hyperparameters) -> bool:
-        return hparams.alpha > 0 and hparams.retain_loss == "kl"
-
-    def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
+    def __init__(self, hparams: GradDiffHyperparameters, reference: torch.nn.Module | None = None) -> None:
         super().__init__(hparams, reference)
-        self.needs_reference = self.wants_reference(hparams)
-        self.uses_retain = hparams.alpha > 0
         self.retain_loss = getattr(hparams, "retain_loss", "kl")  # `kl` has no such field: its retain term is the KL
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -84,17 +67,8 @@ class GradDiff(UnlearningMethod):
         return loss, as_float_logs(**logs)
 
 
-@register
 class GradAscentKL(GradDiff):
     """TOFU's "KL Minimization": GA on the forget set + alpha * KL(p_ref || p) on the retain set."""
 
     name = "kl"
-    needs_reference = True
-
-    class Hyperparameters(Hyperparameters):
-        gamma: float = pydantic.Field(1.0, gt=0, description="weight of the forget (ascent) term (open-unlearning)")
-        alpha: float = pydantic.Field(1.0, gt=0, description="weight of KL(p_ref || p) on the retain set")
-
-    @classmethod
-    def wants_reference(cls, hparams: Hyperparameters) -> bool:
-        return True
+    Hyperparameters = KLHyperparameters

@@ -13,12 +13,10 @@ The refinement metrics (BLEU, the BERTScore substitute, memorisation accuracy, e
 
 from __future__ import annotations
 
-from typing import Literal
-
-import pydantic
 import torch
 
-from methods.base import Batch, ForgetSample, Hyperparameters, UnlearningMethod, as_float_logs
+from methods.base import Batch, ForgetSample, UnlearningMethod, as_float_logs
+from methods.hyperparameters import ICUHyperparameters
 from methods.icu_metrics import (
     extraction_likelihood,
     greedy_continuations,
@@ -34,48 +32,15 @@ from methods.numerics import (
     token_denominator,
     token_mean_nll,
 )
-from methods.registry import register
 
 
-@register
 class ICU(UnlearningMethod):
     """-NLL(forget) + alpha * NLL(analogous) + beta * CE(p_original || p) on analogous; epoch-end refinement."""
 
     name = "icu"
-    needs_reference = True
-    uses_analogous = True
+    Hyperparameters = ICUHyperparameters
 
-    class Hyperparameters(Hyperparameters):
-        alpha: float = pydantic.Field(0.5, ge=0, description="weight of NLL on the analogous batch (ICU code --lw 0.5)")
-        beta: float = pydantic.Field(
-            1.0, ge=0, description="weight of CE(p_original, p_current) on the analogous batch (ICU code --kl 1.0)"
-        )
-        bleu_threshold: float = pydantic.Field(
-            0.01, ge=0, le=1, description="a forget sample whose continuation's BLEU falls below this is forgotten"
-        )
-        similarity: Literal["token_f1", "rouge_l"] = pydantic.Field(
-            "token_f1",
-            description="offline substitute for BERTScore-F1: bag-of-tokens F1 (order-free matching, as BERTScore's "
-            "greedy matching) or ROUGE-L F1",
-        )
-        similarity_threshold: float = pydantic.Field(
-            0.3, ge=0, le=1, description="below this similarity a sample is forgotten (ICU code: BERTScore-F1 0.3)"
-        )
-        extraction_ngram: int = pydantic.Field(
-            10, gt=0, description="n of the extraction likelihood EL_n (ICU code el_n = [10]); capped at answer length"
-        )
-        stop_on_holdout: bool = pydantic.Field(
-            True, description="stop when forget MA and EL are at or below the original model's on the holdout set"
-        )
-        memorisation_threshold: float | None = pydantic.Field(
-            None, ge=0, le=1, description="fixed MA threshold instead of the holdout's (ICU code --acc 0.5994)"
-        )
-        extraction_threshold: float | None = pydantic.Field(
-            None, ge=0, le=1, description="fixed EL threshold instead of the holdout's (ICU code --el 0.0499)"
-        )
-        generation_batch_size: int = pydantic.Field(32, gt=0, description="rows per batched greedy generation")
-
-    def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
+    def __init__(self, hparams: ICUHyperparameters, reference: torch.nn.Module | None = None) -> None:
         super().__init__(hparams, reference)
         self._holdout_baseline: tuple[float, float] | None = None
         self.last_refinement: dict[str, float] = {}

@@ -9,32 +9,19 @@ from configs/trainer/DPO.yaml: beta 0.1, gamma 1 (forget), alpha 1 (retain).
 
 from __future__ import annotations
 
-import pydantic
 import torch
 import torch.nn.functional as F
 
-from methods.base import Batch, BatchPart, Hyperparameters, UnlearningMethod, as_float_logs
+from methods.base import Batch, BatchPart, UnlearningMethod, as_float_logs
+from methods.hyperparameters import IdkPOHyperparameters
 from methods.numerics import forward_logits, sequence_denominator, sequence_logprob, sequence_mean
-from methods.registry import register
 
 
-@register
 class IdkPO(UnlearningMethod):
     """gamma * DPO(win = alternate, lose = forget) + alpha * NLL(retain)."""
 
     name = "idkpo"
-    needs_reference = True
-    uses_retain = True
-    uses_alternate = True
-
-    class Hyperparameters(Hyperparameters):
-        beta: float = pydantic.Field(0.1, gt=0, description="DPO inverse temperature (open-unlearning: 0.1)")
-        gamma: float = pydantic.Field(1.0, gt=0, description="weight of the preference term (open-unlearning)")
-        alpha: float = pydantic.Field(1.0, ge=0, description="weight of the retain NLL; 0 drops it")
-
-    def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
-        super().__init__(hparams, reference)
-        self.uses_retain = hparams.alpha > 0
+    Hyperparameters = IdkPOHyperparameters
 
     def _log_ratio(self, model: torch.nn.Module, part: BatchPart, cache_key: str) -> torch.Tensor:
         """log p(y|x) - log p_ref(y|x) per sequence; the reference term is cached under `cache_key` per example."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import pydantic
 import torch
 
-from methods.base import Batch, BatchPart, Hyperparameters, UnlearningMethod, as_float_logs
+from methods.base import Batch, BatchPart, UnlearningMethod, as_float_logs
 from methods.fila import fila_initialise
+from methods.hyperparameters import IHLFILAHyperparameters, IHLHyperparameters
 from methods.numerics import (
     forward_logits,
     masked_token_mean,
@@ -23,7 +23,6 @@ from methods.numerics import (
     shift_for_next_token,
     token_denominator,
 )
-from methods.registry import register
 
 
 def inverted_hinge(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,19 +40,11 @@ def inverted_hinge(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return (1.0 + true_prob - best_other_prob) * mask, mask
 
 
-@register
 class InvertedHingeLoss(UnlearningMethod):
     """IHL(forget), token-mean over the forget batch, + alpha * NLL(retain)."""
 
     name = "ihl"
-    uses_retain = True
-
-    class Hyperparameters(Hyperparameters):
-        alpha: float = pydantic.Field(1.0, ge=0, description="weight of the retain NLL (reference code: 1); 0 drops it")
-
-    def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
-        super().__init__(hparams, reference)
-        self.uses_retain = hparams.alpha > 0
+    Hyperparameters = IHLHyperparameters
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         forget = batch["forget"]
@@ -65,21 +56,11 @@ class InvertedHingeLoss(UnlearningMethod):
         return loss, as_float_logs(**logs)
 
 
-@register
 class InvertedHingeLossFILA(InvertedHingeLoss):
     """IHL trained through LoRA adapters that FILA initialises from the forget/retain Fisher information."""
 
     name = "ihl_fila"
-
-    class Hyperparameters(InvertedHingeLoss.Hyperparameters):
-        # The reference sweeps r in {4, 8, 16, 32} with lora_alpha = 2r and no dropout (TOFU/run_forget.sh).
-        rank: int = pydantic.Field(8, gt=0, description="LoRA rank r (reference sweeps 4, 8, 16, 32)")
-        lora_alpha: float = pydantic.Field(16.0, gt=0, description="LoRA alpha; scaling = lora_alpha / rank (ref: 2r)")
-        target_modules: list[str] | None = pydantic.Field(
-            None,
-            description="Linear modules to adapt (full names or name suffixes, as peft matches them); "
-            "default: every torch.nn.Linear except the output head",
-        )
+    Hyperparameters = IHLFILAHyperparameters
 
     def init_adapters(
         self, model: torch.nn.Module, forget_batches: Iterable[BatchPart], retain_batches: Iterable[BatchPart]

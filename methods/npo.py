@@ -10,31 +10,19 @@ with no winning answer). Weights as open-unlearning configs/trainer/NPO.yaml: be
 
 from __future__ import annotations
 
-import pydantic
 import torch
 import torch.nn.functional as F
 
-from methods.base import Batch, Hyperparameters, UnlearningMethod, as_float_logs
+from methods.base import Batch, UnlearningMethod, as_float_logs
+from methods.hyperparameters import NPOHyperparameters
 from methods.numerics import forward_logits, sequence_denominator, sequence_logprob, sequence_mean
-from methods.registry import register
 
 
-@register
 class NPO(UnlearningMethod):
     """gamma * NPO(forget) + alpha * NLL(retain); the reference sequence log-probs are computed once per example."""
 
     name = "npo"
-    needs_reference = True
-    uses_retain = True
-
-    class Hyperparameters(Hyperparameters):
-        beta: float = pydantic.Field(0.1, gt=0, description="inverse temperature of the preference loss (paper: 0.1)")
-        gamma: float = pydantic.Field(1.0, gt=0, description="weight of the NPO forget term (open-unlearning)")
-        alpha: float = pydantic.Field(1.0, ge=0, description="weight of the retain NLL; 0 drops it")
-
-    def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
-        super().__init__(hparams, reference)
-        self.uses_retain = hparams.alpha > 0
+    Hyperparameters = NPOHyperparameters
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         beta = self.hparams.beta

@@ -31,15 +31,14 @@ first step switches an HF model to eager attention (`set_attn_implementation("ea
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Sequence
 
-import pydantic
 import torch
 
-from methods.base import Batch, BatchPart, Hyperparameters, StepEngine, UnlearningMethod, as_float_logs
+from methods.base import Batch, BatchPart, StepEngine, UnlearningMethod, as_float_logs
 from methods.collectives import average_across_workers
+from methods.hyperparameters import OFMUHyperparameters
 from methods.numerics import forward_logits, token_denominator, token_mean_nll
-from methods.registry import register
 
 Tensors = Sequence[torch.Tensor]
 
@@ -72,41 +71,13 @@ def _use_eager_attention(model: torch.nn.Module) -> None:
             return
 
 
-@register
 class OFMU(UnlearningMethod):
     """Two-loop penalty method: T ascent steps on Phi, then one descent step on L_r + rho_k ||grad Phi||^2."""
 
     name = "ofmu"
-    uses_retain = True
-    supports_deepspeed = False  # sets p.grad by hand and moves parameters in the inner loop; ZeRO partitions both
+    Hyperparameters = OFMUHyperparameters
 
-    class Hyperparameters(Hyperparameters):
-        # The paper's values for these were not available to us offline; the defaults are ours (see the report).
-        inner_steps: int = pydantic.Field(5, gt=0, description="T, ascent steps on Phi per outer step (paper: 5-10)")
-        # With grad Phi clipped to norm 1, inner_lr is the L2 length of an inner step: 0.1 moves a 7B model about as
-        # far per outer step (T = 5) as one AdamW step at lr 1e-5 (~0.8), so forgetting and repair keep pace.
-        inner_lr: float = pydantic.Field(0.1, gt=0, description="step size of the inner gradient ascent on Phi")
-        inner_max_grad_norm: float | None = pydantic.Field(
-            1.0, gt=0, description="clip the norm of grad Phi before each inner step (None: no clipping)"
-        )
-        beta: float = pydantic.Field(
-            0.1, ge=0, description="weight of the similarity penalty cos(grad L_f, grad L_r) in Phi; 0 = plain GA"
-        )
-        rho0: float = pydantic.Field(0.01, gt=0, description="initial penalty weight rho_0 on ||grad Phi||^2")
-        gamma: float = pydantic.Field(1.05, ge=1, description="penalty growth per outer step: rho_{k+1} = gamma rho_k")
-        rho_max: float = pydantic.Field(1.0, gt=0, description="cap on rho_k, so the outer step stays bounded")
-        outer_hessian: Literal["exact", "forget_only"] = pydantic.Field(
-            "exact",
-            description="Hess(Phi) in the outer step: exact (third derivatives) or Hess(L_f) (second derivatives)",
-        )
-
-        @pydantic.model_validator(mode="after")
-        def _rho_max_at_least_rho0(self) -> "OFMU.Hyperparameters":
-            if self.rho_max < self.rho0:
-                raise ValueError(f"rho_max ({self.rho_max}) must be >= rho0 ({self.rho0})")
-            return self
-
-    def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
+    def __init__(self, hparams: OFMUHyperparameters, reference: torch.nn.Module | None = None) -> None:
         super().__init__(hparams, reference)
         self.outer_step = 0  # k; not checkpointed: a resumed run restarts the schedule at rho0
 

@@ -1,60 +1,45 @@
-"""Name -> method class registry, and `build`, the one way to make a method from its hyperparameters."""
+"""Name -> method registry, and `build`, the one way to make a method from its hyperparameters.
+
+Everything here but `build` and `method_class` works without torch: names, hyperparameter validation and help,
+and profiles come from `methods/catalog.py` and `methods/hyperparameters.py`. A method's torch implementation is
+imported the first time it is built.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
-import torch
 
-from methods.base import UnlearningMethod
+from methods.catalog import BUILTIN, MethodProfile, MethodSpec
+from methods.hyperparameters import Hyperparameters
 
-_REGISTRY: dict[str, type[UnlearningMethod]] = {}
+if TYPE_CHECKING:
+    import torch
 
-# Modules that register methods on import; loaded the first time the registry is read.
-_METHOD_MODULES = (
-    "methods.ga",
-    "methods.graddiff",
-    "methods.npo",
-    "methods.simnpo",
-    "methods.idkpo",
-    "methods.undial",
-    "methods.ihl",
-    "methods.soul",
-    "methods.icu",
-    "methods.ofmu",
-)
-_loaded = False
+    from methods.base import UnlearningMethod
+
+_REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in BUILTIN}
 
 
 class MethodConfigError(ValueError):
     """An unknown method name or an invalid hyperparameter; the message is one line and names the problem."""
 
 
-def register(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
-    """Class decorator: make a method buildable by its `name`."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"method name {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load() -> None:
-    global _loaded
-    if not _loaded:
-        for module in _METHOD_MODULES:
-            importlib.import_module(module)
-        _loaded = True
+def register(spec: MethodSpec) -> MethodSpec:
+    """Make a method buildable by `spec.name` (for methods defined outside this package)."""
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
+        raise ValueError(f"method name {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
 
 
 def available_methods() -> list[str]:
-    _load()
     return sorted(_REGISTRY)
 
 
-def method_class(name: str) -> type[UnlearningMethod]:
-    _load()
+def method_spec(name: str) -> MethodSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -63,25 +48,38 @@ def method_class(name: str) -> type[UnlearningMethod]:
         ) from None
 
 
-def validate_hyperparameters(name: str, hparams: dict[str, Any] | None = None) -> pydantic.BaseModel:
+def method_class(name: str) -> type[UnlearningMethod]:
+    """The method's torch implementation (imports it, and torch, on first use)."""
+    module, _, cls = method_spec(name).implementation.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def validate_hyperparameters(name: str, hparams: dict[str, Any] | None = None) -> Hyperparameters:
     """Validate a method's hyperparameters without building it (config load time)."""
-    cls = method_class(name)
+    spec = method_spec(name)
+    if isinstance(hparams, spec.hyperparameters):
+        return hparams
     try:
-        return cls.Hyperparameters(**(hparams or {}))
+        return spec.hyperparameters(**(hparams or {}))
     except pydantic.ValidationError as err:
         raise MethodConfigError(f"method {name!r}: {_one_line(err)}") from None
 
 
+def profile(name: str, hparams: dict[str, Any] | Hyperparameters | None = None) -> MethodProfile:
+    """What method `name` with `hparams` needs from the loop (parts, reference, DeepSpeed, optimizer, memory flags),
+    from its hyperparameters alone: no torch, no reference model, nothing built."""
+    return method_spec(name).profile(validate_hyperparameters(name, hparams))
+
+
 def needs_reference(name: str, hparams: dict[str, Any] | None = None) -> bool:
     """Whether `build(name, **hparams)` needs a frozen reference model (so callers load one only when needed)."""
-    return method_class(name).wants_reference(validate_hyperparameters(name, hparams))
+    return profile(name, hparams).needs_reference
 
 
 def build(name: str, reference: torch.nn.Module | None = None, **hparams: Any) -> UnlearningMethod:
     """Build method `name` with `hparams` (paper defaults for the rest); `reference` is the frozen original model."""
-    cls = method_class(name)
     validated = validate_hyperparameters(name, hparams)
-    return cls(validated, reference=reference)
+    return method_class(name)(validated, reference=reference)
 
 
 def _one_line(err: pydantic.ValidationError) -> str:
@@ -96,10 +94,7 @@ def _one_line(err: pydantic.ValidationError) -> str:
 
 def hyperparameter_help(name: str) -> dict[str, tuple[Any, str]]:
     """Each hyperparameter's default and description, for `unlearn methods` and docs."""
-    cls = method_class(name)
     return {
-        field: (info.default, info.description or "")
-        for field, info in cls.Hyperparameters.model_fields.items()
+        field: (info.get_default(call_default_factory=True), info.description or "")
+        for field, info in method_spec(name).hyperparameters.model_fields.items()
     }
-
-

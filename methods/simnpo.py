@@ -11,33 +11,19 @@ delta 0, gamma 0.125 (Unlearn-Simple's `npo_coeff`), alpha 1).
 
 from __future__ import annotations
 
-import pydantic
 import torch
 import torch.nn.functional as F
 
-from methods.base import Batch, Hyperparameters, UnlearningMethod, as_float_logs
+from methods.base import Batch, UnlearningMethod, as_float_logs
+from methods.hyperparameters import SimNPOHyperparameters
 from methods.numerics import forward_logits, sequence_denominator, sequence_mean, sequence_mean_logprob
-from methods.registry import register
 
 
-@register
 class SimNPO(UnlearningMethod):
     """gamma * SimNPO(forget) + alpha * NLL(retain); no reference model."""
 
     name = "simnpo"
-    uses_retain = True
-
-    class Hyperparameters(Hyperparameters):
-        beta: float = pydantic.Field(4.5, gt=0, description="inverse temperature (open-unlearning TOFU: 4.5)")
-        delta: float = pydantic.Field(
-            0.0, ge=0, description="margin on the length-normalised NLL; the paper's gamma is beta * delta"
-        )
-        gamma: float = pydantic.Field(0.125, gt=0, description="weight of the SimNPO forget term (open-unlearning)")
-        alpha: float = pydantic.Field(1.0, ge=0, description="weight of the retain NLL; 0 drops it")
-
-    def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
-        super().__init__(hparams, reference)
-        self.uses_retain = hparams.alpha > 0
+    Hyperparameters = SimNPOHyperparameters
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         beta = self.hparams.beta

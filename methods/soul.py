@@ -9,76 +9,29 @@ is kept as `hessian_estimator="gnb"` (Sophia, arXiv 2305.14342, Alg. 2).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Literal
+from typing import Iterable
 
-import pydantic
 import torch
 
-from methods.base import Batch, BatchPart, Hyperparameters, StepEngine, UnlearningMethod, as_float_logs
+from methods.base import Batch, BatchPart, StepEngine, UnlearningMethod, as_float_logs
 from methods.collectives import average_across_workers
+from methods.hyperparameters import SOULHyperparameters
 from methods.numerics import IGNORE_INDEX, forward_logits, shift_for_next_token, token_denominator, token_mean_nll
-from methods.registry import build, needs_reference, register, validate_hyperparameters
+from methods.registry import build
 from methods.sophia import SophiaG
 
-SOUL_OBJECTIVES = ("ga", "graddiff", "kl", "npo", "idkpo")
 
-
-@register
 class SOUL(UnlearningMethod):
     """Delegates the loss and the data it needs to an inner objective; prescribes SophiaG as the optimizer."""
 
     name = "soul"
 
-    class Hyperparameters(Hyperparameters):
-        objective: Literal["ga", "graddiff", "kl", "npo", "idkpo"] = pydantic.Field(
-            "graddiff", description="the unlearning loss Sophia optimises (SOUL's TOFU recipe: GradDiff)"
-        )
-        objective_hparams: dict[str, Any] = pydantic.Field(
-            default_factory=dict, description="hyperparameters of the inner objective (its own defaults otherwise)"
-        )
-        rho: float = pydantic.Field(0.04, gt=0, description="Sophia clip scale rho (SOUL configs/TOFU/SO_*.json)")
-        betas: tuple[float, float] = pydantic.Field(
-            (0.9, 0.95), description="Sophia (beta1, beta2): momentum and Hessian EMA rates (SOUL TOFU configs)"
-        )
-        bs: float = pydantic.Field(5120, gt=0, description="batch-size factor in the clip denominator (SOUL step())")
-        hessian_estimator: Literal["ema_grad2", "gnb"] = pydantic.Field(
-            "ema_grad2",
-            description="curvature: EMA of squared gradients every step (SOUL's code) or Gauss-Newton-Bartlett "
-            "on model-sampled labels every hessian_interval steps (Sophia paper)",
-        )
-        hessian_interval: int = pydantic.Field(
-            10, gt=0, description="k: steps between GNB refreshes (Sophia paper: 10); unused with ema_grad2"
-        )
+    Hyperparameters = SOULHyperparameters
 
-        @pydantic.field_validator("betas")
-        @classmethod
-        def _betas_in_unit_interval(cls, betas: tuple[float, float]) -> tuple[float, float]:
-            if not all(0.0 <= b < 1.0 for b in betas):
-                raise ValueError(f"both betas must lie in [0, 1), got {betas}")
-            return betas
-
-        @pydantic.field_validator("objective_hparams")
-        @classmethod
-        def _inner_objective_valid(cls, value: dict[str, Any], info: pydantic.ValidationInfo) -> dict[str, Any]:
-            # MethodConfigError is a ValueError: pydantic reports it under 'objective_hparams'.
-            if "objective" in info.data:  # absent when `objective` itself was invalid
-                validate_hyperparameters(info.data["objective"], value)
-            return value
-
-    @classmethod
-    def wants_reference(cls, hparams: Hyperparameters) -> bool:
-        return needs_reference(hparams.objective, hparams.objective_hparams)
-
-    def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
-        super().__init__(hparams, reference)
+    def __init__(self, hparams: SOULHyperparameters, reference: torch.nn.Module | None = None) -> None:
+        super().__init__(hparams, reference)  # the profile takes parts and reference from the inner objective
         self.objective = build(hparams.objective, reference=reference, **hparams.objective_hparams)
         self.reference_cache = self.objective.reference_cache  # one cache: the inner loss is what fills it
-        self.needs_reference = self.objective.needs_reference
-        self.uses_retain = self.objective.uses_retain
-        self.uses_alternate = self.objective.uses_alternate
-        self.uses_analogous = self.objective.uses_analogous
-        # GNB reads p.grad outside the engine's step; ZeRO keeps gradients partitioned inside DeepSpeed instead.
-        self.supports_deepspeed = self.objective.supports_deepspeed and hparams.hessian_estimator == "ema_grad2"
         self.optimizer: SophiaG | None = None
         self._steps = 0
 

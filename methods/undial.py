@@ -10,11 +10,11 @@ also indexes the one-hot with the -100 labels, which wraps to vocab - 100); we a
 
 from __future__ import annotations
 
-import pydantic
 import torch
 import torch.nn.functional as F
 
-from methods.base import Batch, Hyperparameters, UnlearningMethod, as_float_logs
+from methods.base import Batch, UnlearningMethod, as_float_logs
+from methods.hyperparameters import UnDIALHyperparameters
 from methods.numerics import (
     forward_logits,
     masked_token_mean,
@@ -22,23 +22,13 @@ from methods.numerics import (
     shift_for_next_token,
     token_denominator,
 )
-from methods.registry import register
 
 
-@register
 class UnDIAL(UnlearningMethod):
     """Cross-entropy of the student to the teacher's distribution with the true token's logit lowered by gamma."""
 
     name = "undial"
-    needs_reference = True
-
-    class Hyperparameters(Hyperparameters):
-        gamma: float = pydantic.Field(
-            10.0,
-            gt=0,
-            description="logit penalty on the true next token (open-unlearning UNDIAL.yaml `beta`: 10; "
-            "UnDIAL's own code defaults to 5, its README uses 3; suggested grid {3, 10, 30})",
-        )
+    Hyperparameters = UnDIALHyperparameters
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         forget = batch["forget"]
