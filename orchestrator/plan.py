@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from methods import MethodProfile, profile
 from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.model_shapes import ModelShape, resolve_shape
 
@@ -29,9 +30,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GPU_DEFAULT_GIB = 80.0  # an A100/H100 80 GB
 RUNTIME_OVERHEAD_GIB = {"gpu": 1.5, "cpu": 0.5}  # CUDA context + NCCL buffers / interpreter, torch and Ray worker
 ALLOCATOR_MARGIN = 0.05  # caching-allocator fragmentation, as a share of the tensors
-# Losses that build extra full-vocabulary fp32 tensors per token (the teacher's log-softmax and the target
-# distribution, or the full softmax), and the batch part they do it on.
-FULL_VOCAB_PART = {"undial": "forget", "icu": "analogous", "kl": "retain", "ihl": "forget", "ihl_fila": "forget"}
+OPTIMIZER_STATES = {"adamw": "AdamW (m, v)", "sophia": "SophiaG (m, h)"}  # a method profile's optimizer, as shown
 
 
 @dataclass(frozen=True)
@@ -44,20 +43,6 @@ class ZeroSettings:
     mixed_precision: str | None = None  # "bfloat16" / "float16" when DeepSpeed trains in it with fp32 master weights
     bucket_elements: float = 0.0  # reduce + all-gather (or stage-3 prefetch) buckets
     max_live_parameters: float = 1e9
-
-
-@dataclass(frozen=True)
-class MethodTraits:
-    """The parts of a method that change memory, read from a built instance (flags may depend on hyperparameters)."""
-
-    name: str
-    parts: tuple[str, ...]
-    reference: bool
-    optimizer: str
-    full_vocab_part: str | None
-    double_backward: bool
-    adapters: tuple[int, Any] | None  # FILA: (rank, target_modules)
-    supports_deepspeed: bool
 
 
 @dataclass
@@ -148,37 +133,6 @@ def read_deepspeed(path: str | os.PathLike | None, use_gpu: bool, hidden_size: i
     )
 
 
-def method_traits(name: str, hparams: dict[str, Any]) -> MethodTraits:
-    """Build the method (a stand-in reference where it needs one) and read what costs memory."""
-    import torch
-
-    import methods
-    from methods import UnlearningMethod
-
-    reference = torch.nn.Module() if methods.needs_reference(name, hparams) else None
-    method = methods.build(name, reference=reference, **hparams)
-    loss_owner = getattr(method, "objective", method)  # SOUL delegates its loss to an inner objective
-    full_vocab = FULL_VOCAB_PART.get(loss_owner.name)
-    if loss_owner.name == "graddiff" and getattr(loss_owner, "retain_loss", "nll") == "kl":
-        full_vocab = "retain"
-    parts = ("forget",) + tuple(p for p, used in (("retain", method.uses_retain), ("alternate", method.uses_alternate),
-                                                  ("analogous", method.uses_analogous)) if used)
-    adapters = None
-    if type(method).init_adapters is not UnlearningMethod.init_adapters and hasattr(method.hparams, "rank"):
-        adapters = (method.hparams.rank, getattr(method.hparams, "target_modules", None))
-    custom_optimizer = type(method).make_optimizer is not UnlearningMethod.make_optimizer
-    return MethodTraits(
-        name=name,
-        parts=parts,
-        reference=method.needs_reference,
-        optimizer="SophiaG (m, h)" if custom_optimizer else "AdamW (m, v)",
-        full_vocab_part=full_vocab if full_vocab in parts else None,
-        double_backward=loss_owner.name == "ofmu",
-        adapters=adapters,
-        supports_deepspeed=method.supports_deepspeed,
-    )
-
-
 def activation_bytes_per_token(shape: ModelShape, dtype_bytes: int, checkpointing: bool,
                                attention_scores_seq: int | None = None) -> float:
     """Bytes kept for backward per token, over all blocks (see the module doc).
@@ -218,18 +172,18 @@ def plan_memory(
 ) -> MemoryPlan:
     """Per-worker memory of `config`'s run; `model_config` (a transformers config or ModelShape) skips the lookup."""
     shape = resolve_shape(config, model_config)
-    traits = method_traits(config.method.name, dict(config.method.hparams))
+    method = profile(config.method.name, config.method.hparams)  # what the method needs, without building it
     train = config.train
     zero = read_deepspeed(train.deepspeed, train.use_gpu, shape.hidden_size)
     model_bytes = DTYPE_BYTES[config.model.dtype]
     # what weights, gradients and activations are kept in during the step: DeepSpeed casts to its half precision
     d = DTYPE_BYTES[zero.mixed_precision] if zero.mixed_precision else model_bytes
     notes: list[str] = []
-    device, host, trainable = _state_memory(shape, traits, config, zero, d, notes)
-    rows = train.batch_size * len(traits.parts)
+    device, host, trainable = _state_memory(shape, method, config, zero, d, notes)
+    rows = train.batch_size * len(method.parts)
     tokens = rows * config.data.max_length  # rows are padded to the batch's longest, at most max_length
-    device.update(_step_tensors(shape, traits, config, d, trainable, activation_checkpointing))
-    if traits.full_vocab_part is not None and traits.reference and _forget_rows(config):
+    device.update(_step_tensors(shape, method, config, d, trainable, activation_checkpointing))
+    if method.full_vocab_part is not None and method.needs_reference and _forget_rows(config):
         host["reference cache (fp16 per token)"] = \
             _forget_rows(config) * config.data.max_length / 2 * shape.vocab_size * 2
         notes.append("the reference cache holds a full-vocabulary fp16 row per answer token of every forget example "
@@ -240,10 +194,10 @@ def plan_memory(
     device["runtime + allocator margin"] = runtime + ALLOCATOR_MARGIN * step
     phases = {
         # train.py loads the target (and the reference) whole onto the device; the engine partitions them after
-        "load (whole model" + (" + reference" if traits.reference else "") + ")":
-            params_bytes(shape, model_bytes) * (2 if traits.reference else 1) + runtime,
+        "load (whole model" + (" + reference" if method.needs_reference else "") + ")":
+            params_bytes(shape, model_bytes) * (2 if method.needs_reference else 1) + runtime,
     }
-    if traits.adapters is not None:
+    if method.adapters is not None:
         fisher, accumulators = _fila_phase(shape, config, model_bytes, activation_checkpointing)
         phases["adapters (FILA Fisher pass)"] = fisher * (1 + ALLOCATOR_MARGIN) + runtime
         host["FILA Fisher accumulators (init)"] = accumulators
@@ -259,19 +213,19 @@ def plan_memory(
     peak_phase = max(phases, key=phases.get)
     total, budget = phases[peak_phase], device_memory_gib / workers_per_device
     reason = None
-    if train.deepspeed and not traits.supports_deepspeed:
-        reason = (f"method {traits.name!r} does not run under DeepSpeed (it sets gradients or moves parameters by "
+    if train.deepspeed and not method.supports_deepspeed:
+        reason = (f"method {method.name!r} does not run under DeepSpeed (it sets gradients or moves parameters by "
                   f"hand); drop train.deepspeed")
     elif total > budget:
         reason = _why(total, budget, peak_phase, breakdown, zero, train.use_gpu)
     if zero.offload_params or zero.offload_optimizer:
         notes.append(f"offloaded to host memory: {sum(host_gib.values()):.1f} GiB per worker (pinned)")
     return MemoryPlan(
-        model=config.model.name, shape=shape, method=traits.name, workers=train.workers, zero_stage=zero.stage,
+        model=config.model.name, shape=shape, method=method.name, workers=train.workers, zero_stage=zero.stage,
         precision=(f"{zero.mixed_precision} mixed precision (fp32 master weights)" if zero.mixed_precision
                    else f"{config.model.dtype} weights and optimizer states"),
-        optimizer=traits.optimizer, params=shape.total_params(), trainable_params=trainable, rows_per_step=rows,
-        tokens_per_step=tokens, breakdown=breakdown, host=host_gib, phases=phases,
+        optimizer=OPTIMIZER_STATES[method.optimizer], params=shape.total_params(), trainable_params=trainable,
+        rows_per_step=rows, tokens_per_step=tokens, breakdown=breakdown, host=host_gib, phases=phases,
         device_memory_gib=device_memory_gib, workers_per_device=workers_per_device, total_gib=total,
         fits=reason is None, reason=reason, notes=notes,
     )
@@ -281,18 +235,18 @@ def params_bytes(shape: ModelShape, dtype_bytes: int) -> float:
     return float(shape.total_params() * dtype_bytes)
 
 
-def _state_memory(shape: ModelShape, traits: MethodTraits, config: ExperimentConfig, zero: ZeroSettings, d: int,
+def _state_memory(shape: ModelShape, method: MethodProfile, config: ExperimentConfig, zero: ZeroSettings, d: int,
                   notes: list[str]) -> tuple[dict[str, float], dict[str, float], int]:
     """(device bytes, host bytes, trainable parameters) of weights, gradients, optimizer states and the reference,
     partitioned over the workers by ZeRO stage (1: optimizer states, 2: + gradients, 3: + parameters)."""
     train, n = config.train, config.train.workers
     mixed = zero.mixed_precision is not None
     params = shape.total_params()
-    if traits.adapters is not None:
-        rank, targets = traits.adapters
+    if method.adapters is not None:
+        rank, targets = method.adapters.rank, method.adapters.target_modules
         adapters = shape.lora_params(rank, targets)
         if train.lora is not None:
-            notes.append(f"{traits.name} brings its own LoRA adapters (FILA, rank {rank}); train.lora is not used")
+            notes.append(f"{method.name} brings its own LoRA adapters (FILA, rank {rank}); train.lora is not used")
     elif train.lora is not None:
         adapters = shape.lora_params(train.lora.rank, train.lora.target_modules)
         if adapters == 0:
@@ -321,7 +275,7 @@ def _state_memory(shape: ModelShape, traits: MethodTraits, config: ExperimentCon
     else:
         device["gradients"] = shard(trainable * trainable_bytes, zero.stage >= 2)
         device[optimizer] = shard(trainable * optimizer_bytes, zero.stage >= 1)
-    if traits.reference:  # an eval-only engine under ZeRO-3, partitioned like the policy
+    if method.needs_reference:  # an eval-only engine under ZeRO-3, partitioned like the policy
         (host if zero.offload_params else device)["reference model (frozen)"] = \
             shard(params_bytes(shape, d), zero.stage >= 3)
     if zero.stage:
@@ -333,21 +287,21 @@ def _state_memory(shape: ModelShape, traits: MethodTraits, config: ExperimentCon
     return device, host, trainable
 
 
-def _step_tensors(shape: ModelShape, traits: MethodTraits, config: ExperimentConfig, d: int, trainable: int,
+def _step_tensors(shape: ModelShape, method: MethodProfile, config: ExperimentConfig, d: int, trainable: int,
                   checkpointing: bool) -> dict[str, float]:
     """Bytes of one step's activations, logits and the method's own extra tensors."""
     train, length = config.train, config.data.max_length
-    tokens = train.batch_size * len(traits.parts) * length
-    eager_seq = length if traits.double_backward else None  # OFMU switches to eager attention
-    passes = 3 if traits.double_backward else 1  # double backward keeps the graph of the gradients too
+    tokens = train.batch_size * len(method.parts) * length
+    eager_seq = length if method.double_backward else None  # OFMU switches to eager attention
+    passes = 3 if method.double_backward else 1  # double backward keeps the graph of the gradients too
     out = {
-        "activations (" + "/".join(traits.parts) + ")":
+        "activations (" + "/".join(method.parts) + ")":
             passes * tokens * activation_bytes_per_token(shape, d, checkpointing, eager_seq),
         "logits + fp32 log-softmax": tokens * shape.vocab_size * (d + 8),
     }
-    if traits.full_vocab_part is not None:
-        out[f"full-vocabulary targets ({traits.full_vocab_part})"] = train.batch_size * length * shape.vocab_size * 8
-    if traits.double_backward:
+    if method.full_vocab_part is not None:
+        out[f"full-vocabulary targets ({method.full_vocab_part})"] = train.batch_size * length * shape.vocab_size * 8
+    if method.double_backward:
         out["gradient tensors with graphs (OFMU)"] = 4 * trainable * d
     return out
 

@@ -124,8 +124,7 @@ def check_deepspeed(config: ExperimentConfig) -> None:
 
     load_deepspeed_json(config.train.deepspeed)
     name, hparams = config.method.name, config.method.hparams
-    reference = _NoReference() if methods.needs_reference(name, hparams) else None
-    if not methods.build(name, reference=reference, **hparams).supports_deepspeed:
+    if not methods.profile(name, hparams).supports_deepspeed:
         raise ConfigError(f"method {name!r} with hparams {dict(hparams)} cannot run under DeepSpeed (it reads or "
                           "sets gradients outside the optimizer step); remove train.deepspeed")
 
@@ -167,21 +166,19 @@ def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_di
     data, template, max_length = prepared.data, prepared.template, config.data.max_length
     if not data.forget:
         raise ConfigError("the forget set is empty: nothing to unlearn")
-    probe = methods.build(config.method.name, reference=_NoReference(), **config.method.hparams) \
-        if methods.needs_reference(config.method.name, config.method.hparams) \
-        else methods.build(config.method.name, **config.method.hparams)
-    if config.train.deepspeed and not probe.supports_deepspeed:
+    profile = methods.profile(config.method.name, config.method.hparams)
+    if config.train.deepspeed and not profile.supports_deepspeed:
         raise ConfigError(f"method {config.method.name!r} does not support DeepSpeed (it sets gradients by hand)")
     rows = UnlearningRows(forget=encode_rows(tokenizer, data.forget, template, max_length))
-    if probe.uses_retain:
+    if profile.uses_retain:
         rows.retain = encode_rows(tokenizer, data.retain, template, max_length, offset=1_000_000)
-    if probe.uses_alternate:
+    if profile.uses_alternate:
         missing = [e.id for e in data.forget if not e.idk_answer]
         if missing:
             raise ConfigError(f"method {config.method.name!r} needs 'I don't know' answers; {missing[0]} has none")
         rows.alternate = [encode(tokenizer, e, i, template, max_length, answer=e.idk_answer)
                           for i, e in enumerate(data.forget)]
-    if probe.uses_analogous:
+    if profile.uses_analogous:
         from orchestrator.data.analogous import nearest_retained
 
         neighbours = nearest_retained(data.forget, data.retain)
@@ -193,7 +190,7 @@ def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_di
                              _tensor(tokenizer.encode(e.answer, add_special_tokens=False)))
                 for i, e in enumerate(examples)]
 
-    refines = type(probe).on_epoch_end is not methods.UnlearningMethod.on_epoch_end
+    refines = profile.refines_forget_set
     train = config.resolved_train()
     if train["cpus_per_worker"] is None:
         train["cpus_per_worker"] = _default_cpus_per_worker(config)
@@ -268,13 +265,3 @@ def _tensor(ids: list[int]):
 def _last_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[-1] if text else type(err).__name__
-
-
-class _NoReference:
-    """Stand-in reference for reading a method's flags in the driver without loading a second model."""
-
-    def eval(self):
-        return self
-
-    def parameters(self):
-        return iter(())
