@@ -1,4 +1,9 @@
-"""`unlearn`: a thin command line over the library. Each command parses, calls one function, prints."""
+"""`unlearn`: a thin command line over the library. Each command parses, calls one function, prints.
+
+Bad input of any kind (an argument, a config key, a file that is not there) is one line on stderr and exit code 2,
+before anything expensive: torch, transformers and Ray are imported only by the commands that run models, so
+`unlearn --help`, `unlearn methods` and a config error answer in a fraction of a second.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 
 class _Progress:
@@ -22,7 +27,7 @@ class _Progress:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
+    from orchestrator.config import parse_override
 
     out: dict[str, Any] = {}
     if getattr(args, "method", None):
@@ -36,10 +41,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "address", None):
         out["ray.address"] = args.address
     for item in getattr(args, "set", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        key, value = parse_override(item)
+        out[key] = value
     return out
 
 
@@ -52,10 +55,10 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)  # before the imports below: a config error answers without torch, transformers or Ray
     from orchestrator.report import text_table
     from orchestrator.run import run_unlearning
 
-    config = _load(args)
     result = run_unlearning(config, progress=_Progress())
     summary = result.to_dict()
     print(f"\n{result.method} on {result.forget_size} forget examples, {result.world_size} worker(s), "
@@ -68,12 +71,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
-    from orchestrator.prepare import evaluate_dir, eval_settings, load_data, load_tokenizer
-    from orchestrator.data.tokenize import PromptTemplate
 
-    if not Path(args.model).is_dir():
+    model = Path(args.model)
+    if not model.is_dir():
         raise FileNotFoundError(f"model folder not found: {args.model}")
+    missing = [name for name in ("config.json", "tokenizer_config.json") if not (model / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{args.model} is not a saved model with its tokenizer (no {', '.join(missing)}); "
+                                "pass a run's model/ folder")
     config = load_config(args.config)
+    from orchestrator.data.tokenize import PromptTemplate
+    from orchestrator.prepare import evaluate_dir, eval_settings, load_data, load_tokenizer
+
     data = load_data(config.data)
     report = evaluate_dir(args.model, load_tokenizer(args.model), data, PromptTemplate(),
                           eval_settings(config.eval, config.data.max_length))
@@ -89,9 +98,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    config = _load(args)
     from orchestrator.plan import plan_memory
 
-    plan = plan_memory(_load(args), device_memory_gib=args.device_memory)
+    plan = plan_memory(config, device_memory_gib=args.device_memory)
     print(plan.table())
     if not plan.fits:
         print(f"unlearn plan: does not fit: {plan.reason}", file=sys.stderr)
@@ -109,8 +119,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage block it prints by default buries the line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"unlearn: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unlearn", description="Make a language model forget, on Ray.")
+    parser = _Parser(prog="unlearn", description="Make a language model forget, on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="one unlearning job: target model + forget data + method -> model + report")
@@ -148,21 +165,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     args = build_parser().parse_args(argv)
-    from methods import MethodConfigError
-    from orchestrator.config import ConfigError
-
-    handled: tuple[type[BaseException], ...] = (ConfigError, MethodConfigError, FileNotFoundError, ValueError)
     try:
-        from orchestrator.run import RunError
-
-        handled = handled + (RunError,)
         return args.func(args)
-    except handled as err:
-        print(f"unlearn: error: {err}", file=sys.stderr)
+    except Exception as err:
+        if not _is_user_error(err):
+            raise
+        print(f"unlearn: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("unlearn: interrupted", file=sys.stderr)
         return 130
+
+
+def _is_user_error(err: Exception) -> bool:
+    """Errors that mean "the input is wrong" (ConfigError and MethodConfigError are ValueErrors), and a failed run.
+
+    RunError is looked up only if its module was imported: importing it here would import torch and Ray for every
+    command, and an error from a module that was never imported cannot be a RunError."""
+    handled: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError)
+    run = sys.modules.get("orchestrator.run")
+    if run is not None:
+        handled += (run.RunError,)
+    return isinstance(err, handled)
+
+
+def _one_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return " ".join(line.strip() for line in lines) if lines else type(err).__name__
 
 
 if __name__ == "__main__":

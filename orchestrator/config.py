@@ -201,10 +201,28 @@ class ExperimentConfig(_Section):
         for key, value in dotted.items():
             node = data
             *parents, leaf = key.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
+            for depth, p in enumerate(parents):
+                if node.get(p) is None:  # an unset optional section (train.lora): the override creates it
+                    node[p] = {}
+                elif not isinstance(node[p], dict):
+                    where = ".".join(parents[: depth + 1])
+                    raise ConfigError(f"overrides: {key}: {where!r} is a value ({node[p]!r}), not a section")
+                node = node[p]
             node[leaf] = value
         return parse_config(data, source="overrides")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key=value` as the CLI's `--set` takes it: a dotted key, and a value read as YAML (1e-4, [1, 2], null)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    try:
+        return key, yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML ({problem})") from None
 
 
 def parse_config(data: dict[str, Any] | None, source: str = "config") -> ExperimentConfig:
