@@ -104,7 +104,7 @@ def evaluate_dir(model_dir: str | Path, tokenizer, data: UnlearningData, templat
 
 def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progress: Progress = print) -> Prepared:
     """Data, tokenizer, target and retain models and their evaluations, from the cache where possible."""
-    cache = cache or ArtifactCache()
+    cache = cache or ArtifactCache(progress=progress)
     template = PromptTemplate()
     data = load_data(config.data)
     data_fp = fingerprint(data)

@@ -58,3 +58,73 @@ def test_concurrent_builders_build_once(tmp_path):
     for t in threads:
         t.join()
     assert len(calls) == 1
+
+
+def _model_cache(tmp_path):
+    """A cache whose one entry is a real safetensors file, and the list of progress lines it printed."""
+    import torch
+    from safetensors.torch import save_file
+
+    lines: list[str] = []
+    cache = ArtifactCache(tmp_path, progress=lines.append)
+    builds = []
+
+    def build(folder):
+        builds.append(folder)
+        save_file({"weight": torch.arange(4096, dtype=torch.float32)}, folder / "model.safetensors")
+        (folder / "config.json").write_text('{"hidden_size": 8}')
+
+    folder, cached = cache.get_or_build("tiny-target-0", build, {"s": 1})
+    assert not cached and len(builds) == 1 and lines == []
+    return cache, build, builds, lines, folder
+
+
+def _rebuilt_and_loadable(cache, build, builds, lines, reason):
+    from safetensors.torch import load_file
+
+    folder, cached = cache.get_or_build("tiny-target-0", build, {"s": 1})
+    assert not cached and len(builds) == 2
+    assert lines == [f"cache entry tiny-target-0 is damaged ({reason}); rebuilding"]
+    assert load_file(folder / "model.safetensors")["weight"].sum().item() == sum(range(4096))
+    again, cached = cache.get_or_build("tiny-target-0", build, {"s": 1})
+    assert (again, cached, len(builds), len(lines)) == (folder, True, 2, 1)  # the repaired entry verifies
+
+
+def test_truncated_file_is_rebuilt_not_used(tmp_path):
+    cache, build, builds, lines, folder = _model_cache(tmp_path)
+    weights = folder / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: size // 2])
+    _rebuilt_and_loadable(cache, build, builds, lines, f"model.safetensors: {size // 2} bytes, expected {size}")
+
+
+def test_flipped_bits_are_rebuilt_not_used(tmp_path):
+    cache, build, builds, lines, folder = _model_cache(tmp_path)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-7] ^= 0b100  # one bit of one weight: same size, still a valid safetensors file, silently wrong
+    weights.write_bytes(bytes(data))
+    _rebuilt_and_loadable(cache, build, builds, lines, "model.safetensors: hash mismatch")
+
+
+def test_missing_file_is_rebuilt(tmp_path):
+    cache, build, builds, lines, folder = _model_cache(tmp_path)
+    (folder / "config.json").unlink()
+    _rebuilt_and_loadable(cache, build, builds, lines, "config.json: missing")
+
+
+def test_unreadable_manifest_is_rebuilt(tmp_path):
+    cache, build, builds, lines, folder = _model_cache(tmp_path)
+    (folder / ".manifest.json").write_text('{"files": ')
+    _rebuilt_and_loadable(cache, build, builds, lines, ".manifest.json: unreadable (JSONDecodeError)")
+
+
+def test_entry_of_the_earlier_format_is_rebuilt_once(tmp_path):
+    """Entries written before manifests (a `.complete` marker only) cannot be vouched for: rebuilt, in place."""
+    cache, build, builds, lines, folder = _model_cache(tmp_path)
+    (folder / ".manifest.json").unlink()
+    (folder / ".complete").touch()
+    _rebuilt_and_loadable(cache, build, builds, lines,
+                          "no manifest (written by an earlier version, which did not record file hashes)")
+    assert not (folder / ".complete").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["tiny-target-0"]  # the damaged copy is gone
