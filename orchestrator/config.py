@@ -136,7 +136,9 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="Shuffling seed.")
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters (peft) instead of all weights.")
     workers: int = Field(1, gt=0, description="Ray Train workers.")
-    cpus_per_worker: int | None = Field(None, gt=0, description="CPUs per worker; default: all local CPUs / workers.")
+    cpus_per_worker: int | None = Field(
+        None, gt=0, description="CPUs per worker (and its torch threads); default: the CPUs Ray has free when the "
+        "run starts, shared by the workers, at least 1 each (inside a Tune trial the trial's own CPU is not free).")
     use_gpu: bool = Field(False, description="One GPU per worker.")
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config (cluster/deepspeed/*.json).")
     checkpoint_every_epochs: int | None = Field(

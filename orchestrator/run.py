@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import methods
 from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.prepare import Prepared, encode_rows, evaluate_dir, eval_settings, load_tokenizer, prepare
+from orchestrator import run_state
 from orchestrator.ray_session import connect_ray
-from orchestrator.train import EXPORT_DIR, SUMMARY_FILE, TrainJob, train_loop_per_worker
+from orchestrator.train import EXPORT_DIR, TrainJob, train_loop_per_worker
+from orchestrator.worker_evaluation import EvaluationJob
 
 Progress = Callable[[str], None]
+POLL_INTERVAL_S = 0.25  # Ray Train's controller polling of the workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)
 SUMMARY_KEYS = ("forget_rouge_l", "retain_rouge_l", "forget_quality", "model_utility", "mia_auc")
 
 
@@ -44,6 +46,9 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     retain_model: dict[str, Any] | None = None
     train: dict[str, Any] = field(default_factory=dict)
+    run_name: str | None = None  # its Ray Train state's name: a run started again under it resumes
+    settings: dict[str, Any] = field(default_factory=dict)  # the effective ones: lr, epochs, CPUs, dtype, device
+    evaluation: dict[str, Any] | None = None  # the unlearned model's whole EvalReport (`after` is its summary)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,46 +64,55 @@ def run_unlearning(
     target: str | Path | None = None,
     before: dict[str, Any] | None = None,
     prepared: Prepared | None = None,
+    run_name: str | None = None,
+    callbacks: Sequence[Any] | None = None,
     progress: Progress = print,
 ) -> RunResult:
-    """Unlearn `config.data`'s forget set from the target model (or from `target`, a model folder, when given)."""
+    """Unlearn `config.data`'s forget set from the target model (or from `target`, a model folder, when given).
+
+    `run_name` names the run's Ray Train state under `<output>/ray/`: a run started again under the same name
+    resumes from its last checkpoint (`orchestrator/run_state.py`); by default the name is derived from the config,
+    so the same config resumes and another one starts afresh. `callbacks` go to Ray Train's `RunConfig` (e.g.
+    Tune's `TuneReportCallback` in a trial); the final report's metrics carry the evaluation's summary (`after`).
+    `before`: the target's metrics when the caller has them (a stream's latest model); else the prepared ones.
+    """
     started = time.perf_counter()
     output = config.resolved_output_dir().resolve()
+    target_dir = str(target) if target is not None else None
+    run_name = run_name or run_state.default_run_name(config, target_dir)
     check_deepspeed(config)
-    connect_ray(config.ray.address, config.ray.num_cpus, progress)
+    resuming = run_state.claim(output, run_name, config, target_dir)
+    ray_how = connect_ray(config.ray.address, config.ray.num_cpus, progress)
     check_resources(config)
     check_memory(config, progress)
     prepared = prepared or prepare(config, progress=progress)
     t_prepared = time.perf_counter()
     tokenizer = load_tokenizer(prepared.tokenizer_dir)
     settings = eval_settings(config.eval, config.data.max_length)
-    target_dir = str(target) if target is not None else prepared.target_dir
+    target_dir = target_dir or prepared.target_dir
     if before is None:
         before = (prepared.target_report if target is None else evaluate_dir(
             target_dir, tokenizer, prepared.data, prepared.template, settings, prepared.retain_report)).summary
 
-    job = _make_job(config, prepared, tokenizer, target_dir)
-    progress(f"unlearning {len(job.rows.forget)} forget examples with {config.method.name} "
-             f"on {config.train.workers} Ray Train worker(s)")
-    train_summary = _fit(config, job, output, progress)
+    job = replace(_make_job(config, prepared, tokenizer, target_dir), tokenizer_dir=prepared.tokenizer_dir,
+                  evaluation=EvaluationJob(prepared.tokenizer_dir, prepared.data, prepared.template, settings,
+                                           prepared.retain_report))
+    progress(f"{'resuming' if resuming else 'unlearning'} {len(job.rows.forget)} forget examples with "
+             f"{config.method.name} on {config.train.workers} Ray Train worker(s), evaluating there (run {run_name})")
+    train_summary = _fit(config, job, output, progress, run_name=run_name, callbacks=callbacks)
     t_trained = time.perf_counter()
-
-    model_dir = output / EXPORT_DIR
-    tokenizer.save_pretrained(model_dir)
-    progress("evaluating the unlearned model")
-    after = evaluate_dir(model_dir, tokenizer, prepared.data, prepared.template, settings,
-                         prepared.retain_report).summary
-    t_done = time.perf_counter()
+    worker = train_summary["timings"]
     result = RunResult(
         method=config.method.name,
         hyperparameters=methods.validate_hyperparameters(config.method.name, config.method.hparams).model_dump(),
         before=before,
-        after=after,
-        seconds=round(t_done - started, 2),
+        after=train_summary["evaluation"]["summary"],
+        seconds=0.0,
         timings={"prepare": round(t_prepared - started, 2), "unlearn": round(t_trained - t_prepared, 2),
-                 "evaluate": round(t_done - t_trained, 2), "train_loop": train_summary["train_seconds"]},
+                 "train_loop": worker["train_loop"], "evaluate": worker["evaluate"], "export": worker["export"],
+                 "worker_setup": worker["worker_setup"]},
         output_dir=str(output),
-        model_dir=str(model_dir),
+        model_dir=str(output / EXPORT_DIR),
         world_size=train_summary["world_size"],
         zero_stage=train_summary.get("zero_stage"),
         forget_size=len(job.rows.forget),
@@ -107,12 +121,26 @@ def run_unlearning(
         train={"steps": train_summary["steps"], "epochs_run": train_summary["epochs_run"],
                "reference_cache": train_summary["reference_cache"], "parameters": train_summary.get("parameters"),
                "resumed_from_step": train_summary.get("resumed_from_step"), "config": config.model_dump()},
+        run_name=run_name,
+        settings=_effective_settings(config, job, train_summary, ray_how),
+        evaluation=train_summary["evaluation"],
     )
-    (output / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
     from orchestrator.report import write_report
 
+    result.seconds = round(time.perf_counter() - started, 2)
+    (output / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
     write_report(result, output)
     return result
+
+
+def _effective_settings(config: ExperimentConfig, job: TrainJob, train_summary: dict[str, Any],
+                        ray_how: str) -> dict[str, Any]:
+    """The settings the run actually used (recipe-filled lr and epochs, resolved CPUs, dtype, device, Ray)."""
+    return {"lr": job.train["lr"], "epochs": job.train["epochs"], "batch_size": job.train["batch_size"],
+            "workers": job.train["workers"], "cpus_per_worker": job.train["cpus_per_worker"],
+            "threads_per_worker": train_summary.get("threads"), "dtype": train_summary.get("dtype"),
+            "device": train_summary.get("device"), "zero_stage": train_summary.get("zero_stage"),
+            "lora": job.train.get("lora"), "ray": ray_how}
 
 
 def check_deepspeed(config: ExperimentConfig) -> None:
@@ -203,7 +231,12 @@ def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_di
     )
 
 
-def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progress) -> dict[str, Any]:
+def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progress, run_name: str | None = None,
+         callbacks: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Run the Ray Train job; returns rank 0's summary (the train function's return value).
+
+    The run's Ray Train state is kept under `output/ray/<run_name>` while it runs (a restart resumes from it) and
+    removed once the model is written (`orchestrator/run_state.py`)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -213,47 +246,51 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
         from orchestrator.deepspeed_engine import load_deepspeed_json
 
         job = replace(job, deepspeed_json=load_deepspeed_json(config.train.deepspeed))
+    if run_name is None:  # called on its own (the distributed tests): name and claim the run here
+        run_name = run_state.default_run_name(config)
+        run_state.claim(output, run_name, config)
+    job = replace(job, model_dir=str(output / EXPORT_DIR))
     storage = output / "ray"
-    if storage.exists():
-        progress(f"replacing the earlier run's Ray Train state in {storage}")
-        shutil.rmtree(storage)
-    if (output / EXPORT_DIR).exists():
-        shutil.rmtree(output / EXPORT_DIR)
-    output.mkdir(parents=True, exist_ok=True)
     # DeepSpeed picks its accelerator once per process, at import (transformers may import it even without ZeRO):
     # on CPU workers say so rather than let it guess and warn.
     env = {} if config.train.use_gpu or "DS_ACCELERATOR" in os.environ else {"DS_ACCELERATOR": "cpu"}
     # Ray Train V2 re-routes `print` through its logger *and* the wrapped stdout: every progress line came twice.
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
+    # Ray Train V2's controller polls the workers every 2 s by default: a run waits that long to be seen starting,
+    # to have each report taken, and to be seen finished. Polling a local worker group costs little.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(POLL_INTERVAL_S))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=config.train.workers, use_gpu=config.train.use_gpu,
                                      resources_per_worker={"CPU": job.train["cpus_per_worker"]}),
-        run_config=RunConfig(name="train", storage_path=str(storage),
+        run_config=RunConfig(name=run_name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=config.train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              worker_runtime_env={"env_vars": env} if env else None,
-                             logging_config=LoggingConfig(log_level="WARNING")),
+                             logging_config=LoggingConfig(log_level="WARNING"),
+                             callbacks=list(callbacks) if callbacks else None),
     )
     try:
         result = trainer.fit()
     except Exception as err:  # Ray wraps the worker's exception; surface its last line
-        raise RunError(f"unlearning failed: {_last_line(err)} (worker logs: {storage})") from err
-    if result.checkpoint is None:
-        raise RunError(f"unlearning finished without a final checkpoint (see {storage})")
-    with result.checkpoint.as_directory() as folder:
-        shutil.copytree(Path(folder) / EXPORT_DIR, output / EXPORT_DIR)
-        return json.loads((Path(folder) / SUMMARY_FILE).read_text())
+        raise RunError(f"unlearning failed: {_last_line(err)} (worker logs: {storage / run_name})") from err
+    if not isinstance(result.return_value, dict):
+        raise RunError(f"unlearning finished without a summary from rank 0 (see {storage / run_name})")
+    run_state.release(output, run_name)
+    return result.return_value
 
 
 def _default_cpus_per_worker(config: ExperimentConfig) -> int:
-    import os
+    """The CPUs Ray has free now, shared by the workers, at least 1 each.
 
+    Free, not total: inside a Tune trial (or beside another run) the trial already holds some of the cluster's
+    CPUs, and workers asking for all of them would never be scheduled."""
     import ray
 
-    total = int(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else (config.ray.num_cpus or os.cpu_count() or 1)
-    return max(1, total // config.train.workers)
+    free = int(ray.available_resources().get("CPU", 0)) if ray.is_initialized() else (
+        config.ray.num_cpus or os.cpu_count() or 1)
+    return max(1, free // config.train.workers)
 
 
 def _tensor(ids: list[int]):

@@ -1,8 +1,14 @@
-"""The Ray Train worker loop: load the target, build the method, unlearn, checkpoint, export.
+"""The Ray Train worker loop: load the target, build the method, unlearn, checkpoint, evaluate, export.
 
 Life cycle per worker (torchtune's recipe shape): `setup` (model, reference, adapters, optimizer, engine, resume),
 `train` (epochs of `method.training_step`, metrics through `ray.train.report`, a resumable checkpoint every few
-epochs), `export` (rank 0 writes the unlearned model as a consolidated HF folder in the final checkpoint).
+epochs), `evaluate` (the trained module, where it is: `orchestrator/worker_evaluation.py`), `export` (rank 0 writes
+the unlearned model once, as a consolidated HF folder, straight into the run's `model/`), `finish` (the final
+report carries the evaluation's headline numbers, for Ray Train callbacks such as Tune's `TuneReportCallback`; the
+train function's return value, which Ray Train hands the driver from rank 0, carries the training summary and the
+whole `EvalReport`). The driver receives metrics, never weights. The run's output folder must be reachable from
+rank 0's node, as Ray Train's `storage_path` below it must be from every node.
+
 The loop knows the method only through the contract in `methods/base.py`, and the optimizer only through the step
 engine: plain PyTorch (`orchestrator/engine.py`) or DeepSpeed ZeRO (`orchestrator/deepspeed_engine.py`, when
 `train.deepspeed` names a config). Checkpoints follow Ray Train's DeepSpeed guide: every rank writes its files into
@@ -12,7 +18,6 @@ restart after a worker failure (`FailureConfig(max_failures)`).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import tempfile
@@ -27,10 +32,10 @@ import methods
 from methods import ForgetSample, UnlearningMethod
 from orchestrator.batching import UnlearningBatches, UnlearningRows, with_global_denominators
 from orchestrator.engine import TorchStepEngine, linear_schedule
+from orchestrator.worker_evaluation import EvaluationJob, evaluate_where_trained
 
 TRAIN_STATE = "train_state.pt"
 EXPORT_DIR = "model"
-SUMMARY_FILE = "train_summary.json"
 
 
 @dataclass
@@ -47,6 +52,9 @@ class TrainJob:
     forget_samples: list[ForgetSample] = field(default_factory=list)
     holdout_samples: list[ForgetSample] = field(default_factory=list)
     deepspeed_json: dict[str, Any] | None = None  # train.deepspeed's contents, read by the driver
+    model_dir: str | None = None  # where rank 0 writes the unlearned model (the run's `model/`)
+    tokenizer_dir: str | None = None  # saved beside the model, so that the folder loads on its own
+    evaluation: EvaluationJob | None = None  # evaluate the unlearned model on the workers; None: no evaluation
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
@@ -242,26 +250,56 @@ class UnlearningWorker:
             _report({"epoch": float(self.epoch), "step": self.global_step, "checkpoint": 1.0},
                     folder if wrote else None)
 
-    # --- export -------------------------------------------------------------------------------------------
-    def export(self, seconds: float) -> None:
-        """Rank 0 writes the consolidated HF model (LoRA merged) and the training summary as the final checkpoint."""
+    # --- export, evaluate, finish ----------------------------------------------------------------------------
+    def export(self) -> None:
+        """Rank 0 writes the consolidated HF model (LoRA merged) and the tokenizer into `job.model_dir`, once.
+
+        Written into a sibling folder and renamed into place, so that a reader never sees half a model and an
+        earlier run's files (another shard layout) do not linger beside the new ones.
+        """
         state = self.engine.full_state_dict()  # a collective under ZeRO-3: every rank takes part
+        if self.rank != 0 or self.job.model_dir is None:
+            return
+        import shutil
+
+        target = Path(self.job.model_dir)
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        self._export_model(state).save_pretrained(partial, safe_serialization=True)
+        if self.job.tokenizer_dir:
+            from orchestrator.prepare import load_tokenizer
+
+            load_tokenizer(self.job.tokenizer_dir).save_pretrained(partial)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+
+    def evaluate(self) -> dict[str, Any] | None:
+        """The unlearned model's `EvalReport` dict on rank 0 (None elsewhere, or without `job.evaluation`)."""
+        if self.job.evaluation is None:
+            return None
+        partitioned = self.ds_config is not None and self.engine.stage == 3
+        return evaluate_where_trained(self.model, self.job.evaluation, self.rank, self.world_size, partitioned)
+
+    def finish(self, timings: dict[str, float], evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Every rank's last report; rank 0 returns the run's summary (the train function's return value)."""
         local, total = self.engine.partition_numel()
         per_worker = self._gather(local)
-        with tempfile.TemporaryDirectory() as folder:
-            if self.rank == 0:
-                self._export_model(state).save_pretrained(Path(folder) / EXPORT_DIR, safe_serialization=True)
-                summary = {"history": self.history, "world_size": self.world_size, "train_seconds": seconds,
-                           "zero_stage": None if self.ds_config is None else self.engine.stage,
-                           "parameters": {"total": total, "per_worker": per_worker},
-                           "steps": self.global_step, "epochs_run": self.epoch,
-                           "resumed_from_step": self.resumed_from_step,
-                           "kept_forget_indices": sorted(self.kept) if self.kept is not None else None,
-                           "reference_cache": {"hits": self.method.reference_cache.hits,
-                                               "misses": self.method.reference_cache.misses}}
-                (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary))
-            _report({"epoch": float(self.epoch), "step": self.global_step, "final": 1.0},
-                    folder if self.rank == 0 else None)
+        after = evaluation["summary"] if evaluation else None
+        _report({"epoch": float(self.epoch), "step": self.global_step, "final": 1.0,
+                 **({"after": after} if after is not None else {})})
+        if self.rank != 0:
+            return None
+        return {"history": self.history, "world_size": self.world_size, "timings": timings,
+                "train_seconds": timings["train_loop"],
+                "zero_stage": None if self.ds_config is None else self.engine.stage,
+                "parameters": {"total": total, "per_worker": per_worker},
+                "steps": self.global_step, "epochs_run": self.epoch,
+                "resumed_from_step": self.resumed_from_step,
+                "kept_forget_indices": sorted(self.kept) if self.kept is not None else None,
+                "reference_cache": {"hits": self.method.reference_cache.hits,
+                                    "misses": self.method.reference_cache.misses},
+                "device": str(self.device), "dtype": self.job.dtype, "threads": torch.get_num_threads(),
+                "evaluation": evaluation}
 
     def _export_model(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
         """A plain HF model holding `state` (LoRA merged into the base weights).
@@ -344,8 +382,8 @@ def _quiet_ray_train_reports() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point: `config["job"]` is a `TrainJob`."""
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Ray Train entry point: `config["job"]` is a `TrainJob`; rank 0 returns the run's summary."""
     job: TrainJob = config["job"]
     _quiet_ray_train_reports()
     if job.train.get("deepspeed"):
@@ -360,5 +398,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     started = time.perf_counter()
     worker = UnlearningWorker(job)
     worker.setup()
+    set_up = time.perf_counter()
     worker.train()
-    worker.export(time.perf_counter() - started)
+    trained = time.perf_counter()
+    evaluation = worker.evaluate()  # before the export, which may merge LoRA adapters into the trained module
+    evaluated = time.perf_counter()
+    worker.export()
+    exported = time.perf_counter()
+    # "train_loop" keeps its earlier meaning (set-up included: loading the model is part of training it).
+    timings = {"worker_setup": set_up - started, "train_loop": trained - started, "evaluate": evaluated - trained,
+               "export": exported - evaluated}
+    return worker.finish({k: round(v, 3) for k, v in timings.items()}, evaluation)

@@ -50,6 +50,9 @@ class EvalSettings:
     """k of min-k% and min-k%++ (open-unlearning's TOFU/MUSE configs use 0.4)."""
     seed: int = 0
     """Seed of the subsample."""
+    synced_generation: bool = False
+    """Keep every rank forwarding until all ranks' generations have ended (HF's `synced_gpus`): needed when the
+    parameters are partitioned across ranks (ZeRO-3), where each forward is a collective."""
 
     def __post_init__(self) -> None:
         for name in ("max_examples", "max_forget_examples"):
@@ -198,7 +201,8 @@ def _evaluate_split(
     has_options = any(len(p) for p in perturbed)
 
     generations = generate_answers(
-        model, tokenizer, examples, template, max_new_tokens=settings.max_new_tokens, **common
+        model, tokenizer, examples, template, max_new_tokens=settings.max_new_tokens,
+        synced=settings.synced_generation, **common
     )
     rouge = rouge_l(generations.texts, generations.references)
     kinds = [ex.kind for ex in examples]

@@ -60,8 +60,11 @@ def generate_answers(
     max_new_tokens: int = 48,
     batch_size: int = 32,
     max_length: int = 512,
+    synced: bool = False,
 ) -> Generations:
-    """Greedy continuation of each example's prompt, in left-padded batches of similar length."""
+    """Greedy continuation of each example's prompt, in left-padded batches of similar length.
+
+    `synced`: every rank of the process group keeps forwarding until all have finished (ZeRO-3 evaluation)."""
     n = len(examples)
     texts = [""] * n
     token_ids: list[list[int]] = [[] for _ in range(n)]
@@ -71,6 +74,8 @@ def generate_answers(
     prompts = [encode_prompt(tokenizer, ex, template, max_length) for ex in examples]
     device = model_device(model)
     kwargs = _generation_kwargs(model, tokenizer, max_new_tokens)
+    if synced:
+        kwargs["synced_gpus"] = True
     eos = tokenizer.eos_token_id
     for batch_idx in length_sorted_batches([len(p) for p in prompts], batch_size):
         batch = collate_prompts([prompts[i] for i in batch_idx], kwargs["pad_token_id"])

@@ -1,0 +1,55 @@
+"""Evaluation where the model was trained: on the Ray Train workers, in the run's dtype and on its device.
+
+The driver never loads the unlearned model: the workers evaluate the trained module they hold and rank 0 hands the
+`EvalReport` (a dict) back through the run's result. Which ranks take part depends on how the model is held:
+
+- whole on every rank (plain torch, DeepSpeed ZeRO-0/1/2, whose modules keep full parameters): rank 0 evaluates
+  alone and the others wait at the final report. Splitting the examples across ranks would need every metric to be
+  re-derived from gathered per-example scores (AUCs, the KS test and ROUGE are not means of per-shard means);
+  on the tiny default evaluation is a few seconds, and rank 0's pass is the same pass `unlearn eval` makes.
+- partitioned (ZeRO-3): every forward gathers each layer's shards from all ranks, so every rank must run every
+  forward. All ranks evaluate the *same* examples in lockstep and rank 0's report is kept. Greedy generation stops
+  when every row has ended; the ranks compute the same tokens from the same gathered weights, and generation is
+  synchronised across ranks all the same (HF's `synced_gpus`: a rank that has finished keeps forwarding until all
+  have), so that a rounding difference between devices cannot leave one rank waiting in a collective forever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from orchestrator.data.schema import UnlearningData
+from orchestrator.data.tokenize import PromptTemplate
+from orchestrator.evaluation import EvalReport, EvalSettings, evaluate_model
+
+
+@dataclass
+class EvaluationJob:
+    """What the workers need to evaluate the unlearned model; picklable (it travels in the `TrainJob`)."""
+
+    tokenizer_dir: str
+    data: UnlearningData
+    template: PromptTemplate
+    settings: EvalSettings
+    retain_reference: EvalReport | None = None  # the retain model's report: forget quality and privacy leakage
+
+
+def evaluate_where_trained(model: torch.nn.Module, job: EvaluationJob, rank: int, world_size: int,
+                           partitioned: bool) -> dict[str, Any] | None:
+    """The `EvalReport` of the trained `model` as a dict on rank 0, None on the other ranks.
+
+    `partitioned`: the parameters are sharded across the ranks (ZeRO-3), so every rank must evaluate.
+    """
+    if rank != 0 and not partitioned:
+        return None
+    from orchestrator.prepare import load_tokenizer
+
+    settings = job.settings
+    if partitioned and world_size > 1:
+        settings = replace(settings, synced_generation=True)
+    report = evaluate_model(model, load_tokenizer(job.tokenizer_dir), job.data, job.template, settings,
+                            retain_reference=job.retain_reference)
+    return report.to_dict() if rank == 0 else None
