@@ -25,6 +25,9 @@ TABLE_ROWS = (
     ("model_utility", "model utility", "up"),
     ("fluency", "fluency (n-gram entropy)", "up"),
 )
+# What write_report reads from summary.json (RunResult's fields), checked before a re-render.
+SUMMARY_KEYS = ("method", "hyperparameters", "before", "after", "seconds", "timings", "forget_size", "world_size",
+                "model_dir")
 
 
 def _fmt(value: Any) -> str:
@@ -145,4 +148,11 @@ def rerender(run_dir: str | Path) -> Path:
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise FileNotFoundError(f"no summary.json in {run_dir}: not a run folder")
-    return write_report(json.loads(summary_path.read_text()), run_dir)
+    try:
+        summary = json.loads(summary_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{summary_path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    missing = [key for key in SUMMARY_KEYS if key not in summary] if isinstance(summary, dict) else ["a mapping"]
+    if missing:
+        raise ValueError(f"{summary_path}: not a run summary (no {', '.join(missing)})")
+    return write_report(summary, run_dir)

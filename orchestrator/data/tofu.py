@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.config import ConfigError
 from orchestrator.data.refusals import idk_answer
 from orchestrator.data.schema import Example, UnlearningData
 
@@ -72,16 +73,18 @@ def load_tofu(forget_split: str = "forget10", path: str = "locuslab/TOFU", world
 
 
 def _load_rows(path: str, config: str) -> list[dict[str, Any]]:
-    """One TOFU config's rows; any failure (no network, no such config) becomes one line naming what to do."""
+    """One TOFU config's rows; any failure (no network, no such config) becomes a one-line ConfigError that names
+    `data.tofu_path`, the key that points the loader at a local copy."""
     import datasets  # heavy; only this loader needs it
 
     try:
         rows = datasets.load_dataset(path, config, split="train").to_list()
     except Exception as exc:  # the hub, the cache and the builders raise many types; all mean "could not load"
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise RuntimeError(
-            f"could not load TOFU config {config!r} from {path!r} ({type(exc).__name__}: {reason}); "
-            f"without hub access, pass path= a local copy (git clone https://huggingface.co/datasets/locuslab/TOFU)"
+        raise ConfigError(
+            f"could not load the TOFU dataset {path!r} (config {config!r}: {type(exc).__name__}: {reason}); "
+            "without hub access, set data.tofu_path to a local copy "
+            "(git clone https://huggingface.co/datasets/locuslab/TOFU)"
         ) from exc
     missing = {"question", "answer"} - set(rows[0] if rows else ())
     if missing:

@@ -20,6 +20,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from methods.numerics import IGNORE_INDEX
+from orchestrator.config import ConfigError
 from orchestrator.data.refusals import IDK_ANSWERS, idk_answer
 from orchestrator.data.schema import Example, UnlearningData
 from orchestrator.data.splits import select_split, subsample, validate
@@ -306,10 +307,11 @@ class TestTofu:
             raise ConnectionError("Couldn't reach 'locuslab/TOFU' on the Hub (LocalEntryNotFoundError)\nmore detail")
 
         monkeypatch.setattr(datasets, "load_dataset", offline)
-        with pytest.raises(RuntimeError) as info:
+        with pytest.raises(ConfigError) as info:
             load_tofu("forget10")
         message = str(info.value)
-        assert "\n" not in message and "locuslab/TOFU" in message and "forget10" in message and "local" in message
+        assert "\n" not in message and "locuslab/TOFU" in message and "forget10" in message
+        assert "set data.tofu_path to a local copy" in message
 
     def test_local_path_is_passed_through(self, fake_tofu):
         load_tofu("forget01", path="/data/TOFU", world=False)

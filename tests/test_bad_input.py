@@ -1,0 +1,175 @@
+"""What a new user types wrong, answered in one line (exit code 2 from the CLI, a ConfigError from the library)
+before anything expensive, and without importing torch, transformers or Ray for the commands that need none."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.config import ConfigError, load_config, parse_override
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers", "ray", "datasets", "deepspeed")
+
+# Runs the CLI in a fresh interpreter and reports, on the last stdout line, its exit code and the heavy modules that
+# were imported by the time it returned.
+DRIVER = f"""
+import json, sys
+from orchestrator.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
+print(json.dumps({{"code": code, "heavy": heavy}}))
+"""
+
+
+def cli_subprocess(*argv: str, env: dict[str, str] | None = None) -> tuple[int, list[str], str, str]:
+    """(exit code, heavy modules imported, stdout before the report line, stderr) of `unlearn *argv`."""
+    done = subprocess.run([sys.executable, "-c", DRIVER, *argv], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+    *out, report = done.stdout.rstrip("\n").split("\n")
+    result = json.loads(report)
+    return result["code"], result["heavy"], "\n".join(out), done.stderr
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def bad_yaml(tmp_path) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text("trian:\n  lr: 1\n")
+    return path
+
+
+# --- the light commands import nothing heavy -------------------------------------------------------------------
+
+
+def test_methods_and_help_import_no_torch_transformers_or_ray():
+    code, heavy, out, _ = cli_subprocess("methods")
+    assert (code, heavy) == (0, []) and "\nnpo\n" in f"\n{out}"
+    code, heavy, out, _ = cli_subprocess("--help")
+    assert (code, heavy) == (0, []) and "unlearn" in out
+    code, heavy, out, _ = cli_subprocess("plan", "--help")
+    assert (code, heavy) == (0, []) and "--device-memory" in out
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_a_config_error_imports_no_torch_transformers_or_ray(bad_yaml, command):
+    code, heavy, _, err = cli_subprocess(command, str(bad_yaml))
+    assert (code, heavy) == (2, [])
+    assert err == f"unlearn: error: {bad_yaml}: unknown key 'trian'\n"
+
+
+def test_bad_arguments_import_nothing_heavy(tmp_path):
+    for argv in (("run", "--set", "train.lr.x=1"), ("run", "--workers", "two"), ("eval", str(tmp_path / "nope"))):
+        code, heavy, _, err = cli_subprocess(*argv)
+        assert (code, heavy) == (2, []), argv
+        assert err.startswith("unlearn: error: ") and err.count("\n") == 1, err
+
+
+# --- one line, exit code 2 --------------------------------------------------------------------------------------
+
+
+def test_set_below_a_value_is_one_line(capsys):
+    code, err = run_cli(capsys, "run", "--set", "train.max_grad_norm.x=1")
+    assert code == 2
+    assert err == "unlearn: error: overrides: train.max_grad_norm.x: 'train.max_grad_norm' is a value (1.0), " \
+                  "not a section\n"
+    code, err = run_cli(capsys, "run", "--set", "train.lr.x=1")  # lr is unset (the recipe's): a section is refused
+    assert code == 2 and err.startswith("unlearn: error: overrides: train.lr: ") and err.count("\n") == 1
+
+
+def test_set_with_malformed_yaml_is_one_line(capsys):
+    code, err = run_cli(capsys, "run", "--set", "train.lr=[1,")
+    assert code == 2
+    assert err.startswith("unlearn: error: --set train.lr: the value '[1,' is not valid YAML (") and \
+        err.count("\n") == 1
+
+
+def test_set_creates_an_unset_optional_section():
+    key, value = parse_override("train.lora.rank=4")
+    assert load_config(None).with_overrides(**{key: value}).train.lora.rank == 4
+
+
+def test_parse_override_errors_are_config_errors():
+    with pytest.raises(ConfigError, match="--set expects key=value, got '=3'"):
+        parse_override("=3")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_override("method.hparams={beta: ")
+
+
+def test_argparse_errors_are_one_line(capsys):
+    code, err = run_cli(capsys, "run", "--workers", "two")
+    assert code == 2
+    assert err == "unlearn: error: argument --workers: invalid int value: 'two' (see `unlearn run --help`)\n"
+    code, err = run_cli(capsys, "frobnicate")
+    assert code == 2 and err.startswith("unlearn: error: argument command: invalid choice: 'frobnicate'")
+    assert err.count("\n") == 1
+
+
+def test_workers_below_one_is_one_line(capsys):
+    code, err = run_cli(capsys, "run", "--workers", "0")
+    assert code == 2 and err.startswith("unlearn: error: overrides: train.workers = 0: ") and err.count("\n") == 1
+
+
+def test_yaml_that_is_a_list_is_one_line(capsys, tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- method: npo\n")
+    code, err = run_cli(capsys, "run", str(path))
+    assert (code, err) == (2, f"unlearn: error: {path}: expected a mapping at the top level, got list\n")
+
+
+def test_unknown_method_in_yaml_is_one_line(capsys, tmp_path):
+    path = tmp_path / "method.yaml"
+    path.write_text("method:\n  name: forgetify\n")
+    code, err = run_cli(capsys, "plan", str(path))
+    assert code == 2 and "unknown method 'forgetify'; valid choices: ga, graddiff" in err and err.count("\n") == 1
+
+
+def test_eval_of_a_folder_that_is_no_model(capsys, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    code, err = run_cli(capsys, "eval", str(tmp_path))
+    assert code == 2
+    assert err == f"unlearn: error: {tmp_path} is not a saved model with its tokenizer (no tokenizer_config.json); " \
+                  "pass a run's model/ folder\n"
+
+
+def test_report_of_a_damaged_summary(capsys, tmp_path):
+    (tmp_path / "summary.json").write_text('{"method": ')
+    code, err = run_cli(capsys, "report", str(tmp_path))
+    assert code == 2 and err.startswith(f"unlearn: error: {tmp_path / 'summary.json'}: not valid JSON (")
+    (tmp_path / "summary.json").write_text('{"method": "npo"}')
+    code, err = run_cli(capsys, "report", str(tmp_path))
+    assert code == 2 and err.startswith(f"unlearn: error: {tmp_path / 'summary.json'}: not a run summary (no ")
+
+
+def test_tofu_without_the_hub_names_data_tofu_path(tmp_path):
+    """A real `datasets.load_dataset` with the hub switched off and an empty cache: what a user without network
+    gets. `unlearn eval` loads the data before any model, so the model folder only needs to look like one."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "tokenizer_config.json"):
+        (model / name).write_text("{}")
+    config = tmp_path / "tofu.yaml"
+    config.write_text("data:\n  source: tofu\n")
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    code, heavy, _, err = cli_subprocess("eval", str(model), str(config), env=offline)
+    assert code == 2 and "ray" not in heavy
+    assert err.startswith("unlearn: error: could not load the TOFU dataset 'locuslab/TOFU' (config 'forget10': ")
+    assert err.rstrip("\n").endswith("set data.tofu_path to a local copy "
+                                     "(git clone https://huggingface.co/datasets/locuslab/TOFU)")
+    assert err.count("\n") == 1
