@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.batching import UnlearningBatches, UnlearningRows
+from methods.numerics import SEQUENCES_PER_WORKER, TOKENS_PER_WORKER
+from orchestrator.batching import UnlearningBatches, UnlearningRows, with_global_denominators
 from orchestrator.data.tokenize import EncodedRow
 
 
@@ -58,3 +59,23 @@ def test_errors():
         UnlearningBatches(UnlearningRows(forget=rows(2)), 2, 0, parts=("forget", "retain"))
     with pytest.raises(ValueError, match="must align"):
         UnlearningRows(forget=rows(2), alternate=rows(3))
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_every_worker_takes_the_same_rows_per_step(world_size):
+    """Even the last, short batch of an epoch (10 rows, batch 3) has the same rows on every worker, so a mean over
+    sequences would agree across splits even without the global denominators (which make it hold regardless)."""
+    data = UnlearningRows(forget=rows(10))
+    sizes = [[len(b["forget"]["index"]) for b in UnlearningBatches(data, 3, 0, rank, world_size).epoch(0)]
+             for rank in range(world_size)]
+    assert all(s == sizes[0] for s in sizes)
+    assert sizes[0][-1] < 3
+
+
+def test_one_worker_denominators_are_its_own_counts():
+    """rows(): 5 tokens, the first 2 labels -100, so 3 labelled tokens after the shift per row."""
+    data = UnlearningRows(forget=rows(3), retain=rows(4, offset=1000))
+    (batch,) = UnlearningBatches(data, 3, 0, parts=("forget", "retain")).epoch(0)
+    out = with_global_denominators(batch, world_size=1)
+    assert out["forget"][TOKENS_PER_WORKER].item() == 9.0 and out["forget"][SEQUENCES_PER_WORKER].item() == 3.0
+    assert out["retain"][TOKENS_PER_WORKER].item() == 9.0 and out["retain"][SEQUENCES_PER_WORKER].item() == 3.0
