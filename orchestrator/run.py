@@ -95,8 +95,8 @@ def run_unlearning(
             target_dir, tokenizer, prepared.data, prepared.template, settings, prepared.retain_report)).summary
 
     job = replace(_make_job(config, prepared, tokenizer, target_dir), tokenizer_dir=prepared.tokenizer_dir,
-                  evaluation=EvaluationJob(prepared.tokenizer_dir, prepared.data, prepared.template, settings,
-                                           prepared.retain_report))
+                  evaluation=EvaluationJob.of(prepared.tokenizer_dir, prepared.data, prepared.template, settings,
+                                              prepared.retain_report))
     progress(f"{'resuming' if resuming else 'unlearning'} {len(job.rows.forget)} forget examples with "
              f"{config.method.name} on {config.train.workers} Ray Train worker(s), evaluating there (run {run_name})")
     train_summary = _fit(config, job, output, progress, run_name=run_name, callbacks=callbacks)

@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,7 +32,9 @@ import methods
 from methods import ForgetSample, UnlearningMethod
 from orchestrator.batching import UnlearningBatches, UnlearningRows, with_global_denominators
 from orchestrator.engine import TorchStepEngine, linear_schedule
-from orchestrator.worker_evaluation import EvaluationJob, evaluate_where_trained
+
+if TYPE_CHECKING:
+    from orchestrator.worker_evaluation import EvaluationJob
 
 TRAIN_STATE = "train_state.pt"
 EXPORT_DIR = "model"
@@ -277,6 +279,10 @@ class UnlearningWorker:
         """The unlearned model's `EvalReport` dict on rank 0 (None elsewhere, or without `job.evaluation`)."""
         if self.job.evaluation is None:
             return None
+        # Imported here, not with the module: a worker process imports this module before the run starts, and the
+        # metrics' dependencies (nltk, rouge) are evaluation's cost.
+        from orchestrator.worker_evaluation import evaluate_where_trained
+
         partitioned = self.ds_config is not None and self.engine.stage == 3
         return evaluate_where_trained(self.model, self.job.evaluation, self.rank, self.world_size, partitioned)
 

@@ -16,28 +16,39 @@ The driver never loads the unlearned model: the workers evaluate the trained mod
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
-
-import torch
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.data.schema import UnlearningData
 from orchestrator.data.tokenize import PromptTemplate
-from orchestrator.evaluation import EvalReport, EvalSettings, evaluate_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from orchestrator.evaluation import EvalReport, EvalSettings
 
 
 @dataclass
 class EvaluationJob:
-    """What the workers need to evaluate the unlearned model; picklable (it travels in the `TrainJob`)."""
+    """What the workers need to evaluate the unlearned model; picklable (it travels in the `TrainJob`).
+
+    Settings and the retain report travel as plain dicts: a worker unpickles its job before the run starts, and
+    the metrics' modules (nltk, rouge) are then imported only when it evaluates."""
 
     tokenizer_dir: str
     data: UnlearningData
     template: PromptTemplate
-    settings: EvalSettings
-    retain_reference: EvalReport | None = None  # the retain model's report: forget quality and privacy leakage
+    settings: dict[str, Any]  # EvalSettings, asdict
+    retain_reference: dict[str, Any] | None = None  # the retain model's EvalReport.to_dict(): forget quality, PrivLeak
+
+    @classmethod
+    def of(cls, tokenizer_dir: str, data: UnlearningData, template: PromptTemplate, settings: "EvalSettings",
+           retain_reference: "EvalReport | None") -> "EvaluationJob":
+        return cls(tokenizer_dir, data, template, asdict(settings),
+                   retain_reference.to_dict() if retain_reference is not None else None)
 
 
-def evaluate_where_trained(model: torch.nn.Module, job: EvaluationJob, rank: int, world_size: int,
+def evaluate_where_trained(model: "torch.nn.Module", job: EvaluationJob, rank: int, world_size: int,
                            partitioned: bool) -> dict[str, Any] | None:
     """The `EvalReport` of the trained `model` as a dict on rank 0, None on the other ranks.
 
@@ -45,11 +56,11 @@ def evaluate_where_trained(model: torch.nn.Module, job: EvaluationJob, rank: int
     """
     if rank != 0 and not partitioned:
         return None
+    from orchestrator.evaluation import EvalReport, EvalSettings, evaluate_model
     from orchestrator.prepare import load_tokenizer
 
-    settings = job.settings
-    if partitioned and world_size > 1:
-        settings = replace(settings, synced_generation=True)
+    settings = EvalSettings(**{**job.settings, "synced_generation": partitioned and world_size > 1})
+    reference = EvalReport.from_dict(job.retain_reference) if job.retain_reference is not None else None
     report = evaluate_model(model, load_tokenizer(job.tokenizer_dir), job.data, job.template, settings,
-                            retain_reference=job.retain_reference)
+                            retain_reference=reference)
     return report.to_dict() if rank == 0 else None
