@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         result = run_unlearning(config.with_overrides(output_dir=str(output)),
                                 progress=lambda m: print(m, file=sys.stderr))
-        row = {"call": call, **split_wall(time.perf_counter() - started, result.timings)}
+        row = {"call": call, **split_wall(time.perf_counter() - started, result.timings), "timings": result.timings}
         rows.append(row)
         print(f"{call:>4}  {row['wall_s']:>7.1f}  {row['train_loop_s']:>12.1f}  {row['evaluation_s']:>12.1f}  "
               f"{row['overhead_s']:>10.1f}  {row['overhead_ratio']:.1%}", flush=True)
