@@ -180,6 +180,11 @@ class ExperimentConfig(_Section):
             pass  # allowed: a tiny model fine-tuned on real TOFU with a locally trained tokenizer
         if self.train.deepspeed is not None and not Path(self.train.deepspeed).is_file():
             raise ValueError(f"train.deepspeed: no such file {self.train.deepspeed!r}")
+        for key in ("name", "retain_model", "tokenizer"):
+            value = getattr(self.model, key)
+            # Unmistakably a local path (a hub id is never absolute or relative): say so now, not after Ray started.
+            if value and value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().is_dir():
+                raise ValueError(f"model.{key}: no such model folder {value!r}")
         return self
 
     def resolved_train(self) -> dict[str, Any]:
@@ -262,6 +267,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"unknown key {where!r}"
     if error["type"] == "missing":
         return f"missing key {where!r}"
+    if not error["loc"]:  # a check across sections: its message names the keys itself
+        return message
     value = error.get("input")
     shown = "" if isinstance(value, dict) else f" = {value!r}"
     return f"{where}{shown}: {message}"

@@ -173,3 +173,14 @@ def test_tofu_without_the_hub_names_data_tofu_path(tmp_path):
     assert err.rstrip("\n").endswith("set data.tofu_path to a local copy "
                                      "(git clone https://huggingface.co/datasets/locuslab/TOFU)")
     assert err.count("\n") == 1
+
+
+def test_a_model_folder_that_does_not_exist_is_refused_at_load(capsys, tmp_path):
+    """Before this check the run started Ray, generated the data and ended in a huggingface_hub traceback."""
+    path = tmp_path / "model.yaml"
+    path.write_text(f"model:\n  name: {tmp_path / 'absent'}\n")
+    code, err = run_cli(capsys, "run", str(path))
+    assert (code, err) == (2, f"unlearn: error: {path}: model.name: no such model folder '{tmp_path / 'absent'}'\n")
+    with pytest.raises(ConfigError, match="model.retain_model: no such model folder './nowhere'"):
+        load_config(None).with_overrides(**{"model.retain_model": "./nowhere"})
+    assert load_config(None).with_overrides(**{"model.name": "org/some-model"}).model.name == "org/some-model"
