@@ -110,3 +110,19 @@ def test_profile_rejects_parts_out_of_order():
         methods.MethodProfile("x", parts=("retain", "forget"))
     with pytest.raises(ValueError, match="full_vocab_part 'retain' is not one of the parts"):
         methods.MethodProfile("x", full_vocab_part="retain")
+
+
+def test_profiles_and_hyperparameters_need_no_torch():
+    """Configs, `unlearn methods` and the planner read profiles in a driver that has not imported torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, methods\n"
+        "for name in methods.available_methods():\n"
+        "    methods.profile(name, {}); methods.hyperparameter_help(name)\n"
+        "methods.profile('soul', {'objective': 'npo', 'objective_hparams': {'alpha': 0}})\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'ray', 'peft') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
