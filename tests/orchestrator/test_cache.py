@@ -128,3 +128,24 @@ def test_entry_of_the_earlier_format_is_rebuilt_once(tmp_path):
                           "no manifest (written by an earlier version, which did not record file hashes)")
     assert not (folder / ".complete").exists()
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["tiny-target-0"]  # the damaged copy is gone
+
+
+def test_concurrent_readers_of_a_damaged_entry_rebuild_it_once(tmp_path):
+    cache, build, builds, lines, folder = _model_cache(tmp_path)
+    (folder / "config.json").write_text('{"hidden_size": 9}')  # same size, other content
+
+    def slow_build(tmp):
+        threading.Event().wait(0.2)
+        build(tmp)
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get_or_build("tiny-target-0", slow_build)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 2
+    assert lines == ["cache entry tiny-target-0 is damaged (config.json: hash mismatch); rebuilding"]
+    assert sorted(cached for _, cached in results) == [False, True, True]
+    assert (folder / "config.json").read_text() == '{"hidden_size": 8}'
