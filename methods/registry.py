@@ -85,10 +85,14 @@ def build(name: str, reference: torch.nn.Module | None = None, **hparams: Any) -
 def _one_line(err: pydantic.ValidationError) -> str:
     problems = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "hyperparameters"
+        message = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:  # a check across fields (OFMU's rho_max >= rho0): its message names them
+            problems.append(message)
+            continue
+        where = ".".join(str(p) for p in e["loc"])
         value = e.get("input")
         shown = f" = {value!r}" if not isinstance(value, dict) else ""
-        problems.append(f"hyperparameter {where!r}{shown}: {e['msg']}")
+        problems.append(f"hyperparameter {where!r}{shown}: {message}")
     return "; ".join(problems)
 
 

@@ -184,3 +184,12 @@ def test_a_model_folder_that_does_not_exist_is_refused_at_load(capsys, tmp_path)
     with pytest.raises(ConfigError, match="model.retain_model: no such model folder './nowhere'"):
         load_config(None).with_overrides(**{"model.retain_model": "./nowhere"})
     assert load_config(None).with_overrides(**{"model.name": "org/some-model"}).model.name == "org/some-model"
+
+
+def test_hyperparameter_errors_name_the_field_without_pydantic_prefixes(capsys):
+    code, err = run_cli(capsys, "run", "--method", "soul", "--set", "method.hparams.objective_hparams.betta=1")
+    assert code == 2
+    assert err == ("unlearn: error: overrides: method: method 'soul': hyperparameter 'objective_hparams': method "
+                   "'graddiff': hyperparameter 'betta' = 1: Extra inputs are not permitted\n")
+    code, err = run_cli(capsys, "run", "--method", "ofmu", "--set", "method.hparams.rho0=5")
+    assert (code, err) == (2, "unlearn: error: overrides: method: method 'ofmu': rho_max (1.0) must be >= rho0 (5.0)\n")
