@@ -126,3 +126,36 @@ def test_profiles_and_hyperparameters_need_no_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+class HalfGA(UnlearningMethod):
+    """A method defined outside the package: GA at half strength, on forget and retain."""
+
+    name = "half_ga"
+    Hyperparameters = methods.Hyperparameters
+
+    def loss(self, model, batch):
+        from methods.numerics import forward_logits, token_mean_nll
+
+        forget, retain = batch["forget"], batch["retain"]
+        forget_nll = token_mean_nll(forward_logits(model, forget), forget["labels"])
+        return -0.5 * forget_nll + token_mean_nll(forward_logits(model, retain), retain["labels"]), {}
+
+
+def test_a_registered_outside_method_is_built_with_its_profile(monkeypatch, tiny_model, batch):
+    import methods.registry
+
+    spec = methods.MethodSpec("half_ga", methods.Hyperparameters,
+                              lambda h: methods.MethodProfile("half_ga", parts=("forget", "retain")),
+                              f"{__name__}:HalfGA")
+    monkeypatch.setattr(methods.registry, "_REGISTRY", dict(methods.registry._REGISTRY))  # this test's copy
+    methods.register(spec)
+    assert "half_ga" in methods.available_methods() and methods.profile("half_ga").uses_retain
+    method = methods.build("half_ga")
+    assert isinstance(method, HalfGA) and method.uses_retain and not method.needs_reference
+    recording = RecordingBatch({part: batch[part] for part in method.profile.parts})
+    method.loss(tiny_model, recording)
+    assert recording.read == {"forget", "retain"}
+    with pytest.raises(ValueError, match="method name 'half_ga' registered twice"):
+        methods.register(methods.MethodSpec("half_ga", methods.Hyperparameters,
+                                            lambda h: methods.MethodProfile("half_ga"), f"{__name__}:HalfGA"))
