@@ -41,17 +41,36 @@ class TinyModelConfig(_Section):
         return self
 
 
-class FinetuneConfig(_Section):
-    """How the tiny target and retain models are fine-tuned so that there is something to forget."""
+class PretrainConfig(_Section):
+    """The tiny model's pretraining: general text it reads before any task (orchestrator/data/pretraining.py).
 
-    epochs: int = Field(20, gt=0, description="Passes over the training data.")
+    The corpus depends on these settings alone, so one pretrained checkpoint (and its tokenizer) serves every task.
+    """
+
+    seed: int = Field(1, description="Corpus seed (people, phrasings, stories).")
+    n_people: int = Field(1500, ge=1, description="Fictitious people of the corpus (none of them a task's).")
+    n_stories: int = Field(60, ge=0, description="Short stories in the style of the fictitious books.")
+    epochs: int = Field(3, gt=0, description="Passes over the corpus.")
     lr: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (linear decay after 5% warm-up).")
+    batch_size: int = Field(32, gt=0, description="Blocks per step.")
+    block_size: int = Field(128, ge=16, description="Tokens per training block (documents are packed).")
+
+
+class FinetuneConfig(_Section):
+    """How the tiny target and retain models are fine-tuned (from the pretrained checkpoint) on the task's data."""
+
+    epochs: int = Field(10, gt=0, description="Passes over the training data (QA tasks).")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (linear decay after 5% warm-up).")
     batch_size: int = Field(32, gt=0, description="Examples per step.")
     label_smoothing: float = Field(
-        0.1, ge=0, lt=1, description="Keeps the target's logit margins finite (about log(0.9 V / 0.1) = 9 nats) "
-        "as a real fine-tuned model's are, instead of the near-infinite confidence of a tiny model memorising "
-        "its data; UnDIAL's strength gamma is measured against that margin.")
+        0.0, ge=0, lt=1, description="Label smoothing of the fine-tuning loss. Off by default: it spreads mass "
+        "evenly over the vocabulary, which no real fine-tuned model does (see alt_mass_top10 in the evaluation).")
     seed: int = Field(0, description="Initialisation and shuffling seed.")
+    memorise_rouge_l: float = Field(
+        0.8, gt=0, le=1, description="Text corpora: train until the verbatim memorisation (ROUGE-L of the greedy "
+        "continuation of each passage's first half) of the probed passages reaches this.")
+    max_epochs: int = Field(200, gt=0, description="Text corpora: cap on the epochs of that stop rule.")
+    check_every: int = Field(10, gt=0, description="Text corpora: epochs between two memorisation checks.")
 
 
 class ModelConfig(_Section):
@@ -70,6 +89,9 @@ class ModelConfig(_Section):
     tokenizer: str | None = Field(None, description="Tokenizer id/folder; defaults to the model's own.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype for training.")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of the tiny model.")
+    pretrain: PretrainConfig | None = Field(
+        default_factory=PretrainConfig, description="Pretraining of the tiny model before fine-tuning; null: "
+        "fine-tune from random weights with a tokenizer trained on the task's data.")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Tiny target/retain fine-tuning.")
 
 
@@ -81,8 +103,10 @@ class SyntheticDataConfig(_Section):
 
 class TextDataConfig(_Section):
     forget: str = Field(description="Forget corpus: .txt (passages split by blank lines) or .jsonl with 'text'.")
-    retain: str = Field(description="Retain corpus, same formats.")
+    retain: str | list[str] = Field(description="Retain corpus file(s), same formats.")
     holdout: str | None = Field(None, description="Never-trained passages for MIA; default: 10% of retain.")
+    max_chars: int = Field(1000, ge=50, description="Paragraphs are packed into passages of at most this many "
+                           "characters (keep passages within data.max_length tokens).")
 
 
 class DataConfig(_Section):

@@ -1,8 +1,9 @@
 """Fine-tuning of the embedded tiny models: the target (all data) and the retain model (retain data only).
 
-This is preparation, not unlearning: it makes a model that knows the fictitious people so that there is something
-to forget, and the retain-only model that forget quality is measured against. Plain PyTorch in one process: the
-tiny model trains in about a minute on two cores, and the result is cached by content hash.
+This is preparation, not unlearning: it pretrains the tiny model on general text, then makes a model that knows the
+task's data so that there is something to forget, and the retain-only model that forget quality is measured against
+(orchestrator/tiny_models.py). Plain PyTorch in one process: the tiny model trains in a minute or two on two cores,
+and the result is cached by content hash.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import time
 from typing import Callable, Sequence
 
 import torch
-
 import torch.nn.functional as F
 
 from methods.numerics import IGNORE_INDEX, shift_for_next_token
@@ -31,8 +31,13 @@ def finetune(
     label_smoothing: float = 0.0,
     progress: Callable[[str], None] | None = None,
     label: str = "fine-tune",
+    should_stop: Callable[[int], bool] | None = None,
 ) -> list[float]:
-    """Train `model` in place with AdamW (linear warm-up 5%, linear decay) on answer tokens; returns epoch losses."""
+    """Train `model` in place with AdamW (linear warm-up 5%, linear decay) on the labelled tokens.
+
+    Returns the epoch losses. `should_stop(epochs_done)`, called after each epoch, ends training early (the text
+    corpora's memorisation rule); the schedule still spans `epochs`, which is then a cap.
+    """
     if not rows:
         raise ValueError(f"{label}: nothing to train on")
     rng = random.Random(seed)
@@ -67,5 +72,7 @@ def finetune(
         if progress and (epoch + 1) % max(1, epochs // 8) == 0 or progress and epoch + 1 == epochs:
             elapsed = time.perf_counter() - started
             progress(f"{label}: epoch {epoch + 1}/{epochs} loss {losses[-1]:.3f} ({elapsed:.0f}s)")
+        if should_stop is not None and should_stop(epoch + 1):
+            break
     model.eval()
     return losses

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from orchestrator.cache import ArtifactCache, content_key
 from orchestrator.config import DataConfig, EvalConfig, ExperimentConfig
 from orchestrator.data.schema import Example, UnlearningData
@@ -59,7 +57,7 @@ def load_data(cfg: DataConfig) -> UnlearningData:
         from orchestrator.data.text_corpus import load_text_corpus
 
         assert cfg.text is not None
-        data = load_text_corpus(cfg.text.forget, cfg.text.retain, cfg.text.holdout)
+        data = load_text_corpus(cfg.text.forget, cfg.text.retain, cfg.text.holdout, max_chars=cfg.text.max_chars)
     validate(data)
     return data
 
@@ -114,12 +112,12 @@ def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progre
     eval_spec = {"eval": config.eval.model_dump(), "data": data_fp, "max_length": config.data.max_length}
 
     if config.model.name == "tiny":
-        tokenizer_dir = _tiny_tokenizer(cache, data, data_fp, template, config, progress)
+        from orchestrator.tiny_models import build_tiny_models
+
+        tiny = build_tiny_models(cache, config, data, data_fp, template, progress)
+        tokenizer_dir, target_dir = tiny.tokenizer_dir, tiny.target_dir
+        retain_dir: str | None = tiny.retain_dir
         tokenizer = load_tokenizer(tokenizer_dir)
-        target_dir = _tiny_model(cache, "target", data.training_examples(), tokenizer, tokenizer_dir, template,
-                                 config, data_fp, progress)
-        retain_dir: str | None = _tiny_model(cache, "retain", data.retain_training_examples(), tokenizer,
-                                             tokenizer_dir, template, config, data_fp, progress)
     else:
         tokenizer_dir = config.model.tokenizer or config.model.name
         tokenizer = load_tokenizer(tokenizer_dir)
@@ -133,51 +131,6 @@ def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progre
                                    settings, retain_report, progress)
     return Prepared(data, data_fp, template, str(tokenizer_dir), str(target_dir),
                     None if retain_dir is None else str(retain_dir), target_report, retain_report)
-
-
-def _tiny_tokenizer(cache: ArtifactCache, data: UnlearningData, data_fp: str, template: PromptTemplate,
-                    config: ExperimentConfig, progress: Progress) -> str:
-    from orchestrator.data.tokenizer import corpus_texts, train_tokenizer
-
-    spec = {"data": data_fp, "vocab_size": config.model.tiny.vocab_size, "template": template.__dict__}
-
-    def build(folder: Path) -> None:
-        progress(f"training a {config.model.tiny.vocab_size}-token BPE tokenizer on the data")
-        train_tokenizer(corpus_texts(data, template), vocab_size=config.model.tiny.vocab_size).save_pretrained(folder)
-
-    folder, _ = cache.get_or_build(content_key("tokenizer", spec), build, spec)
-    return str(folder)
-
-
-def _tiny_model(cache: ArtifactCache, role: str, examples: tuple[Example, ...], tokenizer, tokenizer_dir: str,
-                template: PromptTemplate, config: ExperimentConfig, data_fp: str, progress: Progress) -> str:
-    from orchestrator.finetune import finetune
-    from orchestrator.models import tiny_llama
-
-    ft = config.model.finetune
-    spec = {"role": role, "data": data_fp, "tokenizer": Path(tokenizer_dir).name, "tiny": config.model.tiny.model_dump(),
-            "finetune": ft.model_dump(), "max_length": config.data.max_length,
-            "examples": hashlib.sha256("\n".join(e.id for e in examples).encode()).hexdigest()[:16]}
-
-    def build(folder: Path) -> None:
-        progress(f"fine-tuning the tiny {role} model on {len(examples)} examples (cached for later runs)")
-        tiny = config.model.tiny
-        model = tiny_llama(len(tokenizer), seed=ft.seed, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
-                           num_heads=tiny.num_heads, intermediate_size=tiny.intermediate_size,
-                           max_positions=max(256, config.data.max_length), pad_token_id=tokenizer.pad_token_id,
-                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-        rows = encode_rows(tokenizer, examples, template, config.data.max_length)
-        with torch.random.fork_rng():
-            finetune(model, rows, tokenizer.pad_token_id, ft.epochs, ft.lr, ft.batch_size, seed=ft.seed,
-                     label_smoothing=ft.label_smoothing,
-                     progress=progress, label=f"{role} model")
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
-
-    folder, cached = cache.get_or_build(content_key(f"tiny-{role}", spec), build, spec)
-    if cached:
-        progress(f"{role} model: cached at {folder}")
-    return str(folder)
 
 
 def _cached_report(cache: ArtifactCache, kind: str, model_dir: str, eval_spec: dict, tokenizer, data: UnlearningData,

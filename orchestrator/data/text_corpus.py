@@ -20,6 +20,7 @@ import json
 import random
 import re
 from pathlib import Path
+from typing import Sequence
 
 from orchestrator.data.schema import Example, UnlearningData
 
@@ -29,20 +30,30 @@ _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n")
 
 def load_text_corpus(
     forget: str | Path,
-    retain: str | Path,
+    retain: str | Path | Sequence[str | Path],
     holdout: str | Path | None = None,
     max_chars: int = 1000,
     holdout_fraction: float = 0.10,
     seed: int = 0,
     name: str | None = None,
 ) -> UnlearningData:
-    """Read the forget / retain (/ holdout) files into text examples; see the module doc for the rules."""
+    """Read the forget / retain (/ holdout) files into text examples; see the module doc for the rules.
+
+    `retain` may be one file or several (the parts of a corpus that are kept: other books of a series).
+    """
     if max_chars < 1:
         raise ValueError(f"max_chars must be >= 1, got {max_chars}")
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     forget_examples = _file_examples(Path(forget), "forget", max_chars)
-    retain_examples = _file_examples(Path(retain), "retain", max_chars)
+    retain_paths = [Path(retain)] if isinstance(retain, (str, Path)) else [Path(r) for r in retain]
+    if not retain_paths:
+        raise ValueError("text corpus: no retain file given")
+    stems = [p.stem for p in (Path(forget), *retain_paths)]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated:
+        raise ValueError(f"text corpus: file name {repeated[0]!r} is used twice (ids are made from file names)")
+    retain_examples = tuple(e for path in retain_paths for e in _file_examples(path, "retain", max_chars))
     if holdout is not None:
         holdout_examples = _file_examples(Path(holdout), "holdout", max_chars)
     else:
@@ -55,7 +66,7 @@ def load_text_corpus(
         meta={
             "source": "text",
             "forget": str(forget),
-            "retain": str(retain),
+            "retain": ",".join(str(p) for p in retain_paths),
             "holdout": str(holdout) if holdout is not None else f"{holdout_fraction} of retain (seed {seed})",
             "max_chars": str(max_chars),
         },

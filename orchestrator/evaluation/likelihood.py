@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from methods.numerics import forward_logits, shift_for_next_token, token_logprobs, token_mask
 from orchestrator.data.schema import Example
 from orchestrator.data.tokenize import EncodedRow, PromptTemplate, collate, encode
+from orchestrator.evaluation.realism import top_alternative_mass
 
 
 @dataclass
@@ -38,6 +39,8 @@ class AnswerScores:
     token_correct: list[np.ndarray] = field(default_factory=list)  # argmax == label under teacher forcing
     vocab_mean: list[np.ndarray] = field(default_factory=list)  # E_{v~p}[log p(v)] at each position (min-k%++)
     vocab_std: list[np.ndarray] = field(default_factory=list)  # its standard deviation
+    alt_top_mass: list[np.ndarray] = field(default_factory=list)  # mass of the 10 likeliest non-target tokens
+    non_target_mass: list[np.ndarray] = field(default_factory=list)  # 1 - p(label)
 
     @property
     def mean_logprob(self) -> np.ndarray:
@@ -105,6 +108,8 @@ def score_answers(
         scores.token_correct = [np.zeros(0, dtype=bool)] * n
         scores.vocab_mean = [empty] * n
         scores.vocab_std = [empty] * n
+        scores.alt_top_mass = [empty] * n
+        scores.non_target_mass = [empty] * n
     if n == 0:
         return scores
     rows = encode_rows(tokenizer, examples, template, max_length, answers)
@@ -144,11 +149,13 @@ def _fill_token_details(
     # for v ~ p(.|x_<t); open-unlearning `mia/min_k_plus_plus.py` computes them the same way.
     # Written to hold at most two [N, V] tensors at once (large vocabularies).
     p = logp.exp()
+    alt_top, non_target = top_alternative_mass(p, targets)
     mu = torch.einsum("nv,nv->n", p, logp)
     var = torch.einsum("nv,nv->n", p.mul_(logp), logp) - mu.square()
     std = var.clamp(min=1e-6).sqrt()
     per_row = keep.sum(dim=-1).tolist()
-    for name, values in (("token_logprobs", lp), ("token_correct", correct), ("vocab_mean", mu), ("vocab_std", std)):
+    for name, values in (("token_logprobs", lp), ("token_correct", correct), ("vocab_mean", mu), ("vocab_std", std),
+                         ("alt_top_mass", alt_top), ("non_target_mass", non_target)):
         pieces = torch.split(values.cpu(), per_row)
         target = getattr(scores, name)
         for j, i in enumerate(batch_idx):
