@@ -19,7 +19,7 @@ import torch
 
 from orchestrator.data.schema import Example, UnlearningData
 from orchestrator.data.tokenize import PromptTemplate
-from orchestrator.evaluation import fluency, memorisation, mia, tofu
+from orchestrator.evaluation import fluency, memorisation, mia, realism, tofu
 from orchestrator.evaluation.generation import generate_answers
 from orchestrator.evaluation.likelihood import score_alternatives, score_answers
 from orchestrator.evaluation.rouge import rouge_l
@@ -83,6 +83,7 @@ class SplitMetrics:
     knowledge_memorisation: float | None  # MUSE KnowMem over kind="qa" examples
     fluency: float  # ROME n-gram entropy of the generations (bits)
     degenerate_fraction: float  # empty or single-repeated-token generations
+    alt_mass_top10: float | None = None  # share of the non-target mass on the 10 likeliest alternatives (realism)
 
 
 @dataclass
@@ -227,6 +228,7 @@ def _evaluate_split(
         knowledge_memorisation=memorisation.knowledge_memorisation(rouge, kinds),
         fluency=fluency.mean_n_gram_entropy(generations.texts),
         degenerate_fraction=fluency.degenerate_fraction(generations.texts, generations.token_ids),
+        alt_mass_top10=realism.alternative_mass_share(main.alt_top_mass, main.non_target_mass),
     )
     texts = [ex.answer for ex in examples]
     return metrics, ratios, mia.attack_scores(main, texts, settings.mia_k)
@@ -265,13 +267,21 @@ def _summary(
         "holdout_extraction_strength": get("holdout", "extraction_strength"),
         "memorisation_accuracy": get("forget", "memorisation_accuracy"),
         "verbatim_memorisation": get("forget", "verbatim_memorisation"),
+        "retain_verbatim_memorisation": get("retain", "verbatim_memorisation"),
         "knowledge_memorisation": get("forget", "knowledge_memorisation"),
         "mia_auc": mia_auc.get(SUMMARY_ATTACK),
         "privacy_leakage": leak.get(SUMMARY_ATTACK),
         "fluency": get("forget", "fluency"),
         "retain_fluency": get("retain", "fluency"),
         "degenerate_fraction": get("forget", "degenerate_fraction"),
+        # The realism figure of the model itself: forget and retain answers, as the target met them.
+        "alt_mass_top10": _mean_present(get("forget", "alt_mass_top10"), get("retain", "alt_mass_top10")),
     }
+
+
+def _mean_present(*values: float | None) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
 
 
 def _clean(value: Any) -> Any:
