@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.report import text_table
     from orchestrator.run import run_unlearning
 
-    result = run_unlearning(config, progress=_Progress())
+    result = run_unlearning(config, run_name=args.run_name, progress=_Progress())
     summary = result.to_dict()
     print(f"\n{result.method} on {result.forget_size} forget examples, {result.world_size} worker(s), "
           f"{result.seconds:.0f} s\n")
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="Ray Train workers")
     run.add_argument("--deepspeed", help="DeepSpeed JSON config")
     run.add_argument("--address", help="Ray cluster address to join")
+    run.add_argument("--run-name", help="name of the run's Ray Train state: started again under it, a run resumes "
+                     "from its last checkpoint (default: derived from the config)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-4")
     run.set_defaults(func=cmd_run)
 

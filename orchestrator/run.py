@@ -109,8 +109,8 @@ def run_unlearning(
         after=train_summary["evaluation"]["summary"],
         seconds=0.0,
         timings={"prepare": round(t_prepared - started, 2), "unlearn": round(t_trained - t_prepared, 2),
-                 "train_loop": worker["train_loop"], "evaluate": worker["evaluate"], "export": worker["export"],
-                 "worker_setup": worker["worker_setup"]},
+                 **{k: worker[k] for k in ("train_loop", "evaluate", "export", "worker_setup", "ray_train_start",
+                                           "ray_train_finish")}},
         output_dir=str(output),
         model_dir=str(output / EXPORT_DIR),
         world_size=train_summary["world_size"],
@@ -271,6 +271,7 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
                              logging_config=LoggingConfig(log_level="WARNING"),
                              callbacks=list(callbacks) if callbacks else None),
     )
+    fit_called = time.time()
     try:
         result = trainer.fit()
     except Exception as err:  # Ray wraps the worker's exception; surface its last line
@@ -278,7 +279,14 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
     if not isinstance(result.return_value, dict):
         raise RunError(f"unlearning finished without a summary from rank 0 (see {storage / run_name})")
     run_state.release(output, run_name)
-    return result.return_value
+    summary = result.return_value
+    # What Ray Train itself took (wall clock of one machine; approximate across nodes): from `fit` to the train
+    # function's start (controller, placement group, worker processes, their imports) and from its end to `fit`'s
+    # return (the final report taken, the worker group shut down).
+    clock = summary.pop("clock")
+    summary["timings"].update(ray_train_start=round(clock["entered"] - fit_called, 3),
+                              ray_train_finish=round(time.time() - clock["left"], 3))
+    return summary
 
 
 def _default_cpus_per_worker(config: ExperimentConfig) -> int:

@@ -390,6 +390,7 @@ def _quiet_ray_train_reports() -> None:
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train entry point: `config["job"]` is a `TrainJob`; rank 0 returns the run's summary."""
+    entered = time.time()  # wall clock, for the driver's view of Ray Train's start and finish
     job: TrainJob = config["job"]
     _quiet_ray_train_reports()
     if job.train.get("deepspeed"):
@@ -414,4 +415,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     # "train_loop" keeps its earlier meaning (set-up included: loading the model is part of training it).
     timings = {"worker_setup": set_up - started, "train_loop": trained - started, "evaluate": evaluated - trained,
                "export": exported - evaluated}
-    return worker.finish({k: round(v, 3) for k, v in timings.items()}, evaluation)
+    summary = worker.finish({k: round(v, 3) for k, v in timings.items()}, evaluation)
+    if summary is not None:
+        summary["clock"] = {"entered": entered, "left": time.time()}
+    return summary

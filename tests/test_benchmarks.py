@@ -93,3 +93,34 @@ def test_step_time_rejects_unknown_methods_before_preparing():
     step_time = load_script("step_time")
     with pytest.raises(methods.MethodConfigError):
         step_time.main(["--methods", "nope"])
+
+
+overhead = load_script("overhead")
+
+
+def test_overhead_splits_the_wall_time():
+    row = overhead.split_wall(40.0, {"train_loop": 22.0, "evaluate": 6.0, "prepare": 0.1})
+    assert row == {"wall_s": 40.0, "train_loop_s": 22.0, "evaluation_s": 6.0, "overhead_s": 12.0,
+                   "overhead_ratio": 0.3}
+    args = overhead.parse_args(["--small", "--calls", "2", "--set", "train.lr=1e-4"])
+    config = overhead.build_config(args)
+    assert config.train.epochs == 1 and config.train.lr == 1e-4 and config.model.tiny.num_layers == 1
+    with pytest.raises(SystemExit):
+        overhead.parse_args(["--calls", "0"])
+
+
+@pytest.mark.slow
+def test_overhead_small_calls_run(tmp_path):
+    out = tmp_path / "rows.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_UNLEARN_CACHE": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "benchmarks/overhead.py", "--small", "--calls", "2", "--output",
+                           str(tmp_path / "runs"), "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["call"] for r in rows] == [0, 1]
+    for r in rows:
+        assert r["wall_s"] == pytest.approx(r["train_loop_s"] + r["evaluation_s"] + r["overhead_s"], abs=0.02)
+        assert r["train_loop_s"] > 0 and r["evaluation_s"] > 0 and r["timings"]["ray_train_start"] > 0
+    assert "overhead s" in done.stdout

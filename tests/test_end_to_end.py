@@ -75,15 +75,30 @@ def test_unlearn_run_writes_summary_model_and_report(small_config, tmp_path, cap
 @pytest.mark.slow
 def test_second_run_reuses_prepared_models_and_joins_running_ray(small_config, tmp_path, capsys):
     import ray
+    import ray.train
 
     from orchestrator.config import load_config
     from orchestrator.run import run_unlearning
+
+    class RecordFinal(ray.train.UserCallback):
+        def __init__(self, path):
+            self.path = str(path)
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics[0].get("final"):
+                with open(self.path, "w") as f:
+                    json.dump(metrics[0], f)
 
     assert ray.is_initialized()  # left running by the CLI run above, in this process
     messages: list[str] = []
     config = load_config(small_config).with_overrides(**{"output_dir": str(tmp_path / "again"),
                                                          "method.name": "undial"})
-    result = run_unlearning(config, progress=messages.append)
+    final = tmp_path / "final.json"
+    result = run_unlearning(config, run_name="trial-again", callbacks=[RecordFinal(final)], progress=messages.append)
+    # The callback reached Ray Train's RunConfig, and the final report carried the evaluation done on the workers.
+    assert json.loads(final.read_text())["after"] == result.after
+    assert result.run_name == "trial-again" and result.evaluation["summary"] == result.after
+    assert result.settings["cpus_per_worker"] >= 1 and result.settings["dtype"] == "float32"
     assert any("target model: cached" in m for m in messages)
     assert not any("fine-tuning" in m for m in messages)
     assert not any("starting a local Ray" in m for m in messages)
