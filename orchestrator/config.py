@@ -271,6 +271,8 @@ def load_config(path: str | os.PathLike | None) -> ExperimentConfig:
     if path is None:
         return parse_config({}, source="embedded default")
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a config file (pass one of its .yaml files)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

@@ -193,3 +193,9 @@ def test_hyperparameter_errors_name_the_field_without_pydantic_prefixes(capsys):
                    "'graddiff': hyperparameter 'betta' = 1: Extra inputs are not permitted\n")
     code, err = run_cli(capsys, "run", "--method", "ofmu", "--set", "method.hparams.rho0=5")
     assert (code, err) == (2, "unlearn: error: overrides: method: method 'ofmu': rho_max (1.0) must be >= rho0 (5.0)\n")
+
+
+def test_a_folder_given_as_config_is_one_line(capsys, tmp_path):
+    code, err = run_cli(capsys, "run", str(tmp_path))
+    assert (code, err) == (2, f"unlearn: error: {tmp_path} is a folder, not a config file (pass one of its .yaml "
+                              "files)\n")
