@@ -199,3 +199,12 @@ def test_a_folder_given_as_config_is_one_line(capsys, tmp_path):
     code, err = run_cli(capsys, "run", str(tmp_path))
     assert (code, err) == (2, f"unlearn: error: {tmp_path} is a folder, not a config file (pass one of its .yaml "
                               "files)\n")
+
+
+@pytest.mark.parametrize("argv", [("--method", "ofmu"), ("--method", "soul", "--set",
+                                                         "method.hparams.hessian_estimator=gnb")])
+def test_a_method_that_cannot_run_under_deepspeed_is_refused_before_ray(capsys, argv):
+    code, err = run_cli(capsys, "run", *argv, "--deepspeed", str(REPO / "cluster/deepspeed/zero3.json"))
+    assert code == 2 and "cannot run under DeepSpeed" in err and err.count("\n") == 1
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
