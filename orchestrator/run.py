@@ -74,7 +74,8 @@ def run_unlearning(
     resumes from its last checkpoint (`orchestrator/run_state.py`); by default the name is derived from the config,
     so the same config resumes and another one starts afresh. `callbacks` go to Ray Train's `RunConfig` (e.g.
     Tune's `TuneReportCallback` in a trial); the final report's metrics carry the evaluation's summary (`after`).
-    `before`: the target's metrics when the caller has them (a stream's latest model); else the prepared ones.
+    `before`: the target's metrics when the caller has them (a stream's latest model); else the prepared ones
+    (for an explicit `target` without `before`, its evaluation runs here, on the driver, before training).
     """
     started = time.perf_counter()
     output = config.resolved_output_dir().resolve()

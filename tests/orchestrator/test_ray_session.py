@@ -44,21 +44,45 @@ def test_an_address_file_without_a_live_cluster_is_not_joined(tmp_path):
     assert started_cluster_address(str(tmp_path)) is None
 
 
-@pytest.mark.slow
-def test_an_address_file_of_a_live_cluster_is_joined(tmp_path):
-    """The file's address is trusted while this machine's raylet carries it (`--gcs-address`)."""
+@pytest.fixture
+def private_ray():
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=1, include_dashboard=False)
-    try:
-        address = ray.get_runtime_context().gcs_address
-        (tmp_path / "ray_current_cluster").write_text(address)
-        assert started_cluster_address(str(tmp_path)) == address
-    finally:
-        if started:
-            ray.shutdown()
+    assert not ray.is_initialized()
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_an_address_file_of_a_live_cluster_is_joined(tmp_path, private_ray):
+    """The file's address is trusted while this machine's raylet carries it (`--gcs-address`)."""
+    address = private_ray.get_runtime_context().gcs_address
+    (tmp_path / "ray_current_cluster").write_text(address)
+    assert started_cluster_address(str(tmp_path)) == address
+
+
+@pytest.mark.slow
+def test_workers_default_to_the_cpus_ray_has_free(private_ray):
+    """Inside a Tune trial the trial holds a CPU itself: workers asking for the cluster's total would never start."""
+    from orchestrator.config import parse_config
+    from orchestrator.run import _default_cpus_per_worker
+
+    assert _default_cpus_per_worker(parse_config({})) == 2
+
+    @private_ray.remote(num_cpus=1)
+    class Trial:
+        def ready(self) -> bool:
+            return True
+
+    trial = Trial.remote()
+    assert private_ray.get(trial.ready.remote())
+    deadline = time.monotonic() + 30
+    while private_ray.available_resources().get("CPU", 0) != 1:  # Ray's resource view catches up asynchronously
+        assert time.monotonic() < deadline, private_ray.available_resources()
+        time.sleep(0.1)
+    assert _default_cpus_per_worker(parse_config({})) == 1
+    assert _default_cpus_per_worker(parse_config({"train": {"workers": 2}})) == 1  # at least one each
 
 
 SMALL = {
