@@ -29,7 +29,7 @@ from orchestrator.run import run_unlearning
 
 SMALL = {
     "model.tiny.hidden_size": 32, "model.tiny.num_layers": 1, "model.tiny.num_heads": 2,
-    "model.tiny.intermediate_size": 64, "model.tiny.vocab_size": 300, "model.finetune.epochs": 2,
+    "model.tiny.intermediate_size": 64, "model.tiny.vocab_size": 300, "model.finetune.epochs": 2, "model.pretrain": None,
     "data.synthetic.n_people": 10, "data.synthetic.questions_per_person": 2,
     "train.epochs": 1, "train.batch_size": 1, "eval.max_per_split": 4, "eval.max_new_tokens": 4,
 }

@@ -59,8 +59,8 @@ class PretrainConfig(_Section):
 class FinetuneConfig(_Section):
     """How the tiny target and retain models are fine-tuned (from the pretrained checkpoint) on the task's data."""
 
-    epochs: int = Field(10, gt=0, description="Passes over the training data (QA tasks).")
-    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (linear decay after 5% warm-up).")
+    epochs: int = Field(20, gt=0, description="Passes over the training data (QA tasks).")
+    lr: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (linear decay after 5% warm-up).")
     batch_size: int = Field(32, gt=0, description="Examples per step.")
     label_smoothing: float = Field(
         0.0, ge=0, lt=1, description="Label smoothing of the fine-tuning loss. Off by default: it spreads mass "

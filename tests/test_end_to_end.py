@@ -14,7 +14,7 @@ SMALL = {
     "name": "e2e",
     "model": {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
                        "vocab_size": 512},
-              "finetune": {"epochs": 15, "lr": 3e-3, "batch_size": 16}},
+              "pretrain": {"n_people": 40, "n_stories": 2, "epochs": 1, "block_size": 64}, "finetune": {"epochs": 15, "lr": 3e-3, "batch_size": 16}},
     "data": {"synthetic": {"n_people": 20, "questions_per_person": 4}},
     "train": {"epochs": 2, "lr": 2e-4, "batch_size": 4},
     "eval": {"max_per_split": 40, "max_new_tokens": 24},

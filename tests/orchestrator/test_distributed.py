@@ -304,7 +304,7 @@ def test_run_unlearning_with_two_zero3_workers(local_ray, tmp_path):
         "data": {"synthetic": {"n_people": 20, "questions_per_person": 4}},
         "model": {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
                            "vocab_size": 512},
-                  "finetune": {"epochs": 10}},
+                  "pretrain": None, "finetune": {"epochs": 10}},
         "method": {"name": "npo"},
         "train": {"epochs": 2, "batch_size": 2, "workers": 2, "cpus_per_worker": 1, "deepspeed": ZERO3,
                   "lora": {"rank": 4, "alpha": 8}},

@@ -88,7 +88,7 @@ def test_workers_default_to_the_cpus_ray_has_free(private_ray):
 SMALL = {
     "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
                        "vocab_size": 300},
-              "finetune": {"epochs": 2, "batch_size": 32}},
+              "pretrain": None, "finetune": {"epochs": 2, "batch_size": 32}},
     "data": {"synthetic": {"n_people": 10, "questions_per_person": 2}},
     "method": {"name": "ga"},
     "train": {"epochs": 3, "batch_size": 1},

@@ -68,7 +68,7 @@ EPOCHS = 30
 SMALL = {
     "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
                        "vocab_size": 300},
-              "finetune": {"epochs": 2, "batch_size": 32}},
+              "pretrain": None, "finetune": {"epochs": 2, "batch_size": 32}},
     "data": {"synthetic": {"n_people": 10, "questions_per_person": 2}},  # 2 forget rows: 2 steps an epoch
     "method": {"name": "ga"},
     "train": {"epochs": EPOCHS, "batch_size": 1, "lr": 1e-4, "checkpoint_every_epochs": 1, "log_every": 1000},
