@@ -21,7 +21,7 @@ from orchestrator.config import load_config
 from orchestrator.prepare import prepare
 from orchestrator.run import run_unlearning
 
-MUST_PASS = {"npo", "undial", "graddiff", "ihl", "icu"}
+MUST_PASS = {"npo", "undial", "graddiff", "ihl", "ihl_fila", "icu", "soul"}  # issue 10's bar
 
 
 def main() -> int:
@@ -48,9 +48,10 @@ def main() -> int:
     header = (f"{'method':10} {'forget RL':>9} {'retain RL':>9} {'nbr RL':>7} {'forget Q':>9} {'utility':>7} "
               f"{'MIA AUC':>7} {'train s':>7}  verdict")
     before = rows[0].before
-    print(f"\ntarget model: forget ROUGE-L {before['forget_rouge_l']:.3f}, retain ROUGE-L "
-          f"{before['retain_rouge_l']:.3f}, forget quality {before['forget_quality']:.2g}, "
-          f"utility {before['model_utility']:.3f}, MIA AUC {before['mia_auc']:.3f}")
+    print(f"\ntarget model: forget ROUGE-L {_num(before['forget_rouge_l'])}, retain ROUGE-L "
+          f"{_num(before['retain_rouge_l'])}, forget quality {_num(before['forget_quality'], '.2g')}, "
+          f"utility {_num(before['model_utility'])}, MIA AUC {_num(before['mia_auc'])}, "
+          f"alt_mass_top10 {_num(before.get('alt_mass_top10'))}")
     print(header)
     print("-" * len(header))
     table = []
@@ -62,13 +63,19 @@ def main() -> int:
                    ("forget not halved" if not halved else "") + (" retain < 80%" if not kept else ""))
         if r.method not in MUST_PASS:
             verdict += " (informative)"
-        print(f"{r.method:10} {a['forget_rouge_l']:9.3f} {a['retain_rouge_l']:9.3f} {a['neighbour_rouge_l']:7.3f} "
-              f"{a['forget_quality']:9.2g} {a['model_utility']:7.3f} {a['mia_auc']:7.3f} "
+        print(f"{r.method:10} {_num(a['forget_rouge_l']):>9} {_num(a['retain_rouge_l']):>9} "
+              f"{_num(a['neighbour_rouge_l']):>7} {_num(a['forget_quality'], '.2g'):>9} "
+              f"{_num(a['model_utility']):>7} {_num(a['mia_auc']):>7} "
               f"{r.timings['train_loop']:7.1f}  {verdict.strip()}")
         table.append({"method": r.method, "before": r.before, "after": a, "verdict": verdict.strip()})
     Path(args.output).mkdir(parents=True, exist_ok=True)
     (Path(args.output) / "table.json").write_text(json.dumps(table, indent=2))
     return 0
+
+
+def _num(value: float | None, spec: str = ".3f") -> str:
+    """A metric for the table; '-' where it does not apply (no forget quality for a text corpus)."""
+    return "-" if value is None else format(value, spec)
 
 
 if __name__ == "__main__":

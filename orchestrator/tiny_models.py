@@ -70,8 +70,10 @@ def _corpus(spec: PretrainConfig, template: PromptTemplate) -> tuple[str, ...]:
 
 
 def _corpus_spec(pretrain: PretrainConfig, template: PromptTemplate) -> dict:
-    return {"seed": pretrain.seed, "n_people": pretrain.n_people, "n_stories": pretrain.n_stories,
-            "template": template.__dict__}
+    from orchestrator.data.pretraining import CORPUS_VERSION
+
+    return {"version": CORPUS_VERSION, "seed": pretrain.seed, "n_people": pretrain.n_people,
+            "n_stories": pretrain.n_stories, "template": template.__dict__}
 
 
 def _tokenizer(cache: ArtifactCache, config: ExperimentConfig, data: UnlearningData, data_fp: str,

@@ -28,6 +28,9 @@ from orchestrator.data.synthetic import (
 from orchestrator.data.tokenize import PromptTemplate
 from orchestrator.data.world_facts import world_facts
 
+# Part of every cache key built on the corpus: bump it when a change to this module or to `fictitious_books`
+# changes the documents that the same settings give, so cached tokenizers and checkpoints are rebuilt.
+CORPUS_VERSION = "1"
 LOCALES = ("en_GB", "en_IE", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL", "sv_SE", "pt_PT", "pl_PL")
 # Book seeds of the pretraining stories start here; tasks and tests take book seeds below it.
 STORY_SEED_BASE = 100_000
