@@ -157,7 +157,7 @@ def examples_digest(examples: Sequence[Example]) -> str:
 def _probe(examples: Sequence[Example]) -> tuple[Example, ...]:
     from orchestrator.evaluation.evaluate import subsample
 
-    return subsample(tuple(e for e in examples if e.kind == "text"), PROBE_PASSAGES)
+    return subsample(tuple(examples), PROBE_PASSAGES)  # `_finetuned` keeps the text passages among them
 
 
 def _finetuned(cache: ArtifactCache, role: str, examples: Sequence[Example], probe: Sequence[Example], tokenizer,
