@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-from orchestrator.data.fictitious_books import make_book
+from orchestrator.data.fictitious_books import make_story
 from orchestrator.data.synthetic import (
     AWARDS, BIRTH_YEARS, CITIES, FIELDS, PASTIMES, PROFESSIONS, WORK_TITLES, Person,
 )
@@ -97,7 +97,7 @@ def pretraining_documents(
         for answer in (fact.answer, fact.paraphrased_answer):
             documents.append(f"{template.prompt(fact)}{answer}")
     for k in range(n_stories):
-        documents.append("\n\n".join(make_book(STORY_SEED_BASE + seed * 1000 + k, n_paragraphs=3).paragraphs))
+        documents.append("\n\n".join(make_story(STORY_SEED_BASE + seed * 1000 + k, n_paragraphs=3).paragraphs))
     rng.shuffle(documents)
     return documents
 

@@ -138,6 +138,24 @@ def test_shipped_books_are_what_the_generator_writes(tmp_path):
     assert make_book(1).paragraphs != make_book(2).paragraphs
 
 
+def _six_grams(text: str) -> set[tuple[str, ...]]:
+    words = text.lower().split()
+    return {tuple(words[i : i + 6]) for i in range(len(words) - 5)}
+
+
+def test_books_have_their_own_voice():
+    """Two books share few 6-word sequences (their own shapes and words); the pretraining stories share a stock."""
+    from orchestrator.data.fictitious_books import make_story
+
+    books = [_six_grams(" ".join(make_book(seed).paragraphs)) for seed in (1, 2, 3, 4)]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert len(books[i] & books[j]) / len(books[i]) < 0.03, (i + 1, j + 1)
+    stories = [_six_grams(" ".join(make_story(seed).paragraphs)) for seed in (1, 2)]
+    assert len(stories[0] & stories[1]) / len(stories[0]) > len(books[0] & books[1]) / len(books[0])
+    assert make_book(5) == make_book(5) and make_book(5) != make_book(6)
+
+
 def test_text_retain_may_be_several_files(tmp_path):
     from orchestrator.data.text_corpus import load_text_corpus
 
