@@ -100,11 +100,14 @@ def evaluate_dir(model_dir: str | Path, tokenizer, data: UnlearningData, templat
     return evaluate_model(model, tokenizer, data, template, settings, retain_reference=retain_reference)
 
 
-def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progress: Progress = print) -> Prepared:
-    """Data, tokenizer, target and retain models and their evaluations, from the cache where possible."""
+def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progress: Progress = print,
+            data: UnlearningData | None = None) -> Prepared:
+    """Data, tokenizer, target and retain models and their evaluations, from the cache where possible.
+
+    `data`: `load_data(config.data)` when the caller already loaded it (to fail early, before Ray started)."""
     cache = cache or ArtifactCache(progress=progress)
     template = PromptTemplate()
-    data = load_data(config.data)
+    data = data if data is not None else load_data(config.data)
     data_fp = fingerprint(data)
     progress(f"data: {data.name}: forget {len(data.forget)}, retain {len(data.retain)}, "
              f"neighbour {len(data.neighbour)}, holdout {len(data.holdout)}, world {len(data.world)} examples")

@@ -48,6 +48,17 @@ def named_address(configured: str | None) -> str | None:
     return configured or os.environ.get("RAY_ADDRESS") or None
 
 
+def private_ray_cpus(address: str | None, num_cpus: int | None) -> int | None:
+    """The CPUs of the private Ray that `connect_ray` would start now, or None when it would join one instead.
+
+    Lets a run refuse more workers than a private Ray could hold before paying for Ray's start."""
+    import ray
+
+    if ray.is_initialized() or named_address(address) or started_cluster_address() is not None:
+        return None
+    return num_cpus or os.cpu_count() or 1
+
+
 def connect_ray(address: str | None, num_cpus: int | None, progress: Progress = print) -> str:
     """Connect this process to the Ray a run should use (see the module docstring); returns how, in words.
 

@@ -17,9 +17,10 @@ from typing import Any, Callable, Sequence
 
 import methods
 from orchestrator.config import ConfigError, ExperimentConfig
-from orchestrator.prepare import Prepared, encode_rows, evaluate_dir, eval_settings, load_tokenizer, prepare
+from orchestrator.prepare import (Prepared, encode_rows, evaluate_dir, eval_settings, load_data, load_tokenizer,
+                                  prepare)
 from orchestrator import run_state
-from orchestrator.ray_session import connect_ray
+from orchestrator.ray_session import connect_ray, private_ray_cpus
 from orchestrator.train import EXPORT_DIR, TrainJob, train_loop_per_worker
 from orchestrator.worker_evaluation import EvaluationJob
 
@@ -82,11 +83,15 @@ def run_unlearning(
     target_dir = str(target) if target is not None else None
     run_name = run_name or run_state.default_run_name(config, target_dir)
     check_deepspeed(config)
+    # What can be refused without Ray is refused before it starts: a data file that is not there, a hub that cannot
+    # be reached, more workers than a private Ray would have, a plan that does not fit.
+    data = load_data(config.data) if prepared is None else None
+    check_resources(config, ray_cpus=private_ray_cpus(config.ray.address, config.ray.num_cpus))
+    check_memory(config, progress)
     resuming = run_state.claim(output, run_name, config, target_dir)
     ray_how = connect_ray(config.ray.address, config.ray.num_cpus, progress)
     check_resources(config)
-    check_memory(config, progress)
-    prepared = prepared or prepare(config, progress=progress)
+    prepared = prepared or prepare(config, data=data, progress=progress)
     t_prepared = time.perf_counter()
     tokenizer = load_tokenizer(prepared.tokenizer_dir)
     settings = eval_settings(config.eval, config.data.max_length)
@@ -158,18 +163,26 @@ def check_deepspeed(config: ExperimentConfig) -> None:
                           "sets gradients outside the optimizer step); remove train.deepspeed")
 
 
-def check_resources(config: ExperimentConfig, cpus_per_worker: int | None = None) -> None:
-    """Refuse, before anything is prepared or trained, more workers than the Ray cluster has CPUs (or GPUs) for."""
-    import ray
+def check_resources(config: ExperimentConfig, cpus_per_worker: int | None = None, ray_cpus: int | None = None) -> None:
+    """Refuse, before anything is prepared or trained, more workers than the Ray cluster has CPUs (or GPUs) for.
 
+    `ray_cpus`: check against a private Ray of that many CPUs not yet started (no GPUs known then); without it,
+    against the connected cluster (nothing to check when neither is known)."""
     cpus = cpus_per_worker or config.train.cpus_per_worker or 1
-    resources = ray.cluster_resources()
+    if ray_cpus is not None:
+        resources = {"CPU": ray_cpus}
+    else:
+        import ray
+
+        if not ray.is_initialized():
+            return
+        resources = ray.cluster_resources()
     available = int(resources.get("CPU", 0))
     if cpus * config.train.workers > available:
         raise ConfigError(f"train.workers={config.train.workers} x {cpus} CPU(s) each needs "
                           f"{cpus * config.train.workers} CPUs, but the Ray cluster has {available}")
     gpus = int(resources.get("GPU", 0))
-    if config.train.use_gpu and config.train.workers > gpus:
+    if config.train.use_gpu and config.train.workers > gpus and ray_cpus is None:
         raise ConfigError(f"train.use_gpu with train.workers={config.train.workers} needs "
                           f"{config.train.workers} GPUs, but the Ray cluster has {gpus}")
 

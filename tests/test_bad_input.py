@@ -208,3 +208,36 @@ def test_a_method_that_cannot_run_under_deepspeed_is_refused_before_ray(capsys, 
     assert code == 2 and "cannot run under DeepSpeed" in err and err.count("\n") == 1
     ray = sys.modules.get("ray")
     assert ray is None or not ray.is_initialized()
+
+
+def _no_ray_started() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is None or not ray.is_initialized()
+
+
+def test_a_text_file_that_is_not_there_is_refused_before_ray(capsys, tmp_path):
+    """A config naming corpus files that are not there (a typo, the wrong working directory): one line, no Ray."""
+    path = tmp_path / "text.yaml"
+    path.write_text(f"data:\n  source: text\n  text:\n    forget: {tmp_path / 'book.txt'}\n"
+                    f"    retain: {tmp_path / 'news.txt'}\n")
+    code, err = run_cli(capsys, "run", str(path))
+    assert code == 2 and err.count("\n") == 1 and str(tmp_path / "book.txt") in err
+    assert _no_ray_started()
+
+
+def test_more_workers_than_a_private_ray_has_cpus_is_refused_before_ray(capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code, err = run_cli(capsys, "run", "--workers", "3", "--set", "ray.num_cpus=2", "--set", "train.cpus_per_worker=1")
+    assert (code, err) == (2, "unlearn: error: train.workers=3 x 1 CPU(s) each needs 3 CPUs, but the Ray cluster "
+                              "has 2\n")
+    assert _no_ray_started()
+
+
+def test_run_on_tofu_without_the_hub_is_refused_before_ray(tmp_path):
+    config = tmp_path / "tofu.yaml"
+    config.write_text("data:\n  source: tofu\n")
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "RAY_ADDRESS": ""}
+    code, heavy, _, err = cli_subprocess("run", str(config), "--output", str(tmp_path / "out"), env=offline)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("unlearn: error: could not load the TOFU dataset 'locuslab/TOFU'")
+    assert "using a private local Ray" not in err
