@@ -69,6 +69,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.resume:
+        if args.config or args.set or args.output or args.address:
+            raise ValueError("--resume DIR takes the sweep's own saved config; give no config, --set or --output")
+        if not Path(args.resume).is_dir():
+            raise FileNotFoundError(f"sweep folder not found: {args.resume}")
+    else:
+        from orchestrator.config import parse_config
+        from orchestrator.sweep.config import DEFAULT_SWEEP_EXPERIMENT
+
+        output, args.output = args.output, None  # the sweep's folder, not the (unused) run output_dir
+        if args.config:
+            config = _load(args)
+        else:
+            config = parse_config(DEFAULT_SWEEP_EXPERIMENT, source="embedded sweep")
+            config = config.with_overrides(**_overrides(args)) if _overrides(args) else config
+        if config.sweep is None:
+            raise ValueError(f"{args.config}: no `sweep:` section (see experiments/sweep_default.yaml)")
+        if output:
+            config = config.with_overrides(**{"sweep.output_dir": output})
+    from orchestrator.sweep.driver import check_sweep, resume_sweep, run_sweep  # torch- and Ray-free
+
+    if not args.resume:
+        check_sweep(config)
+
+    result = resume_sweep(args.resume, progress=_Progress()) if args.resume else run_sweep(config, progress=_Progress())
+    rob, timing = result.summary["robustness"], result.summary["timing"]
+    print(f"\n{sum(result.summary['status'].values())} trials ({result.summary['status']}), wall "
+          f"{timing['wall_seconds_total']:.0f} s, wall / (train+eval / slots) = {timing['wall_over_ideal']}\n")
+    print(f"{'method':<10} {'best':>6} {'near best':>9} {'seed spread':>11} {'tunability':>10} {'hypervolume':>11}")
+    for method, r in rob.items():
+        print(f"{method:<10} {_num(r['best']):>6} {_num(r['near_best']):>9} {_num(r['seed_spread_mean']):>11} "
+              f"{_num(r['tunability']):>10} {_num(r['hypervolume']):>11}")
+    print(f"\nsummary: {result.summary_path}\nreport:  {result.report_path}")
+    return 0
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
 
@@ -141,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
                      "from its last checkpoint (default: derived from the config)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-4")
     run.set_defaults(func=cmd_run)
+
+    sw = sub.add_parser("sweep", help="Ray Tune over methods and hyperparameters -> trade-off fronts, robustness "
+                        "report, plots")
+    sw.add_argument("config", nargs="?", help="experiment YAML with a `sweep:` section (default: the embedded "
+                    "sweep, experiments/sweep_default.yaml)")
+    sw.add_argument("--resume", metavar="DIR", help="restore an interrupted sweep from its folder (Tuner.restore); "
+                    "finished trials are not run again")
+    sw.add_argument("--output", help="sweep folder (sweep.output_dir)")
+    sw.add_argument("--address", help="Ray cluster address to join")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. "
+                    "sweep.max_concurrent=2")
+    sw.set_defaults(func=cmd_sweep)
 
     ev = sub.add_parser("eval", help="the metrics alone, for a model folder")
     ev.add_argument("model", help="HF model folder (with its tokenizer)")

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 import methods
+from orchestrator.sweep.config import SweepConfig
 
 
 class ConfigError(ValueError):
@@ -197,6 +198,8 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     output_dir: str | None = Field(None, description="Output folder; default runs/<name>-<method>.")
+    sweep: SweepConfig | None = Field(None, description="`unlearn sweep`: methods, search spaces, seeds, budget "
+                                      "(orchestrator/sweep/config.py); ignored by `unlearn run`.")
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> "ExperimentConfig":

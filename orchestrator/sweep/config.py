@@ -1,0 +1,188 @@
+"""The `sweep:` section of an experiment YAML: which methods, over which hyperparameters, how many trials.
+
+```yaml
+sweep:
+  methods:
+    undial:
+      space:
+        lr: {grid: [1.0e-4, 3.0e-4]}      # `lr` and `epochs` are train.lr / train.epochs ...
+        gamma: {grid: [3, 10, 30]}         # ... every other name is one of the method's hyperparameters
+      hparams: {}                          # fixed hyperparameters of the method for every trial
+  search: grid                             # grid | random | optuna (TPE, two objectives: efficacy and utility)
+  seeds: [0, 1]                            # train.seed: a dimension of its own, crossed with every cell
+  budget: 64                               # at most this many trials; a bigger grid is refused at load time
+```
+
+A bad hyperparameter name or value is refused when the config loads (one line, naming method, key and value),
+before Ray or torch are imported. Torch-free: the CLI validates a sweep in milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+import methods
+
+TRAIN_PARAMS = ("lr", "epochs")  # names in a space that mean train.<name>; every other name is a method hparam
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Dimension(_Section):
+    """One hyperparameter's range: exactly one of `grid`, `choice`, `uniform`, `loguniform`."""
+
+    grid: list[Any] | None = Field(None, min_length=1, description="Values tried in turn (a grid dimension).")
+    choice: list[Any] | None = Field(None, min_length=1, description="Values drawn from (random / optuna).")
+    uniform: tuple[float, float] | None = Field(None, description="[lo, hi] drawn uniformly (random / optuna).")
+    loguniform: tuple[float, float] | None = Field(None, description="[lo, hi] drawn log-uniformly, lo > 0.")
+
+    @pydantic.model_validator(mode="after")
+    def _exactly_one(self) -> "Dimension":
+        given = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of grid, choice, uniform, loguniform (got {given or 'none'})")
+        for kind in ("uniform", "loguniform"):
+            bounds = getattr(self, kind)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{kind} needs [lo, hi] with lo < hi, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform needs lo > 0, got {list(self.loguniform)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None)
+
+    def values(self) -> list[Any]:
+        """The finite values of a grid or choice; the bounds of a range (for validation)."""
+        return list(getattr(self, self.kind))
+
+
+class MethodSweep(_Section):
+    """One method's search space and the hyperparameters it keeps fixed."""
+
+    space: dict[str, Dimension] = Field(min_length=1, description="Hyperparameter -> its range.")
+    hparams: dict[str, Any] = Field(default_factory=dict, description="Fixed method hyperparameters.")
+
+
+class AshaConfig(_Section):
+    """ASHA early stopping (Li et al. 2020) on a metric every trial reports while it trains."""
+
+    metric: str = Field("loss", description="Intermediate metric the rungs compare (the method's training loss).")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher `metric` is better.")
+    grace_period: int = Field(10, gt=0, description="Steps every trial runs before it can be stopped.")
+    reduction_factor: float = Field(2.0, gt=1, description="Share kept at each rung is 1 / reduction_factor.")
+    max_t: int = Field(10_000, gt=0, description="Steps after which no trial is stopped.")
+
+
+class SweepConfig(_Section):
+    """A hyperparameter sweep: Ray Tune trials, each one Ray Train run of `run_unlearning`."""
+
+    methods: dict[str, MethodSweep] = Field(min_length=1, description="Method name -> its search space.")
+    search: Literal["grid", "random", "optuna"] = Field(
+        "grid", description="grid: every cell of every space; random: `num_samples` draws per method (grid "
+        "dimensions crossed with them); optuna: TPE with two objectives (efficacy, utility), per method.")
+    num_samples: int = Field(1, gt=0, description="random/optuna: trials per method and seed; grid: repeats.")
+    seeds: list[int] = Field([0], min_length=1, description="train.seed values, crossed with every cell.")
+    budget: int = Field(64, gt=0, description="Most trials the sweep may run; a bigger sweep is refused.")
+    include_default: bool = Field(
+        True, description="Add each method's default cell (paper hyperparameters, recipe lr/epochs) to a grid "
+        "that lacks it: tunability (best minus default) needs it.")
+    max_concurrent: int | None = Field(
+        None, gt=0, description="Trials at once; default: the cluster's CPUs (GPUs with train.use_gpu) divided by "
+        "what one trial's workers take.")
+    cpus_per_worker: int = Field(1, gt=0, description="train.cpus_per_worker of every trial when train leaves it "
+                                 "unset (a trial's driver itself takes no CPU).")
+    efficacy: Literal["forget_rouge_l", "forget_quality"] = Field(
+        "forget_rouge_l", description="The forget efficacy the robustness figures use: 1 - forget ROUGE-L / the "
+        "target's, or TOFU forget quality (KS-test p-value). Both fronts are always reported.")
+    tolerance: float = Field(0.05, gt=0, description="A cell is 'near the best' when its mean trade-off score is "
+                             "within this (absolute) of the method's best cell.")
+    asha: AshaConfig | None = Field(None, description="Early stopping; null: every trial runs to the end.")
+    time_budget_s: float | None = Field(None, gt=0, description="Stop starting trials after this long (per study).")
+    keep_models: bool = Field(False, description="Keep every trial's unlearned model (7B: 13 GB each).")
+    output_dir: str | None = Field(None, description="Sweep folder; default runs/<name>-sweep.")
+
+    @pydantic.model_validator(mode="after")
+    def _valid_spaces(self) -> "SweepConfig":
+        for name, sweep in self.methods.items():
+            methods.validate_hyperparameters(name, sweep.hparams)  # MethodConfigError: a ValueError, one line
+            for param, dim in sweep.space.items():
+                _check_dimension(name, sweep.hparams, param, dim, self.search)
+            overlap = set(sweep.space) & set(sweep.hparams)
+            if overlap:
+                raise ValueError(f"sweep.methods.{name}: {sorted(overlap)} both fixed in hparams and swept in space")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"sweep.seeds has repeats: {self.seeds}")
+        return self
+
+    def trial_count(self, train_defaults: dict[str, dict[str, Any]]) -> int:
+        """Trials the sweep runs (before early stopping), the default cells included; `train_defaults`: each
+        method's effective lr and epochs (`driver.train_defaults`), which decide whether its default cell is new."""
+        from orchestrator.sweep.space import method_cells  # pure, torch-free
+
+        if self.search == "optuna":
+            return len(self.methods) * self.num_samples * len(self.seeds)
+        repeats = self.num_samples if self.search == "grid" else 1
+        return sum(len(method_cells(self, m, train_defaults[m])) for m in self.methods) * len(self.seeds) * repeats
+
+    def check_budget(self, train_defaults: dict[str, dict[str, Any]]) -> int:
+        """The trial count; a ConfigError (one line) when it exceeds `budget`."""
+        total = self.trial_count(train_defaults)
+        if total > self.budget:
+            from orchestrator.config import ConfigError
+
+            raise ConfigError(f"sweep: {total} trials, more than sweep.budget={self.budget}; raise the budget or "
+                              "shrink the spaces")
+        return total
+
+
+def _check_dimension(method: str, fixed: dict[str, Any], param: str, dim: Dimension, search: str) -> None:
+    where = f"sweep.methods.{method}.space.{param}"
+    if search == "grid" and dim.kind in ("uniform", "loguniform", "choice"):
+        raise ValueError(f"{where}: search 'grid' enumerates values; use grid: [...] (or search: random/optuna "
+                         f"for {dim.kind})")
+    if search == "optuna" and dim.kind == "grid":
+        raise ValueError(f"{where}: search 'optuna' samples its own points; use choice: [...] instead of grid")
+    if param in TRAIN_PARAMS:
+        for value in dim.values():
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+                  and (param != "epochs" or float(value).is_integer()))
+            if not ok:
+                want = "a positive integer" if param == "epochs" else "a positive number"
+                raise ValueError(f"{where} = {value!r}: train.{param} must be {want}")
+        return
+    fields = methods.method_spec(method).hyperparameters.model_fields
+    if param not in fields:
+        known = ", ".join([*TRAIN_PARAMS, *fields]) or "lr, epochs"
+        raise ValueError(f"{where}: {method!r} has no hyperparameter {param!r}; valid: {known}")
+    for value in dim.values():
+        try:
+            methods.validate_hyperparameters(method, {**fixed, param: value})
+        except methods.MethodConfigError as err:
+            raise ValueError(f"{where} = {value!r}: {err}") from None
+
+
+# The embedded default sweep (`unlearn sweep` with no config; experiments/sweep_default.yaml spells it out): the
+# embedded tiny problem, GA, NPO and UnDIAL over the same two learning rates and one hyperparameter of their own,
+# two seeds each: 12 cells, 24 trials, each cell's default (paper hyperparameters, recipe lr/epochs) among them.
+DEFAULT_SWEEP_EXPERIMENT: dict[str, Any] = {
+    "name": "sweep-default",
+    "sweep": {
+        "methods": {
+            "ga": {"space": {"lr": {"grid": [1.0e-4, 3.0e-4]}, "epochs": {"grid": [5, 10]}}},
+            "npo": {"space": {"lr": {"grid": [1.0e-4, 3.0e-4]}, "beta": {"grid": [0.1, 0.5]}}},
+            "undial": {"space": {"lr": {"grid": [1.0e-4, 3.0e-4]}, "gamma": {"grid": [3.0, 10.0]}}},
+        },
+        "search": "grid",
+        "seeds": [0, 1],
+        "budget": 24,
+        "cpus_per_worker": 1,
+        "tolerance": 0.05,
+    },
+}

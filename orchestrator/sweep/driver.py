@@ -1,0 +1,200 @@
+"""`unlearn sweep`: Ray Tune over methods and hyperparameters, each trial one `run_unlearning`.
+
+`run_sweep(config)` prepares once (the tiny models are built before any trial starts, so no two trials build them
+at once), then runs one Tune experiment per *study* and writes the answer (`report.py`). A study is every method
+together (grid and random search without early stopping: one queue keeps every slot busy) or one method alone
+(Optuna's TPE has one space per study; ASHA's rungs compare a method's trials with each other, not GA's loss with
+NPO's). `resume_sweep(folder)` restores each study with `Tuner.restore`: finished trials keep their results and
+are not run again, unfinished ones start again under the same trial id (and so resume their Ray Train run).
+
+Folder layout: `sweep_config.json` (the experiment), `tune/<study>/` (Tune's state, per-trial results and
+TensorBoard logs), `trials/<trial id>/` (each run's `summary.json` and report), `sweep_summary.json`,
+`sweep_report.md`, `plots/`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator.config import ConfigError, ExperimentConfig, parse_config
+from orchestrator.sweep import space
+from orchestrator.sweep.config import SweepConfig
+from orchestrator.sweep.trainable import run_trial
+
+Progress = Callable[[str], None]
+CONFIG_FILE = "sweep_config.json"
+SESSIONS_FILE = "sweep_sessions.json"
+TUNE_DIR = "tune"
+
+
+@dataclass
+class SweepResult:
+    folder: Path
+    summary: dict[str, Any]
+    summary_path: Path
+    report_path: Path
+
+
+def sweep_folder(config: ExperimentConfig) -> Path:
+    assert config.sweep is not None
+    return Path(config.sweep.output_dir or f"runs/{config.name}-sweep").resolve()
+
+
+def studies(sweep: SweepConfig) -> list[tuple[str, list[str]]]:
+    """(study name, its methods): all together, or one study per method under Optuna or ASHA."""
+    if sweep.search == "optuna" or sweep.asha is not None:
+        return [(m, [m]) for m in sweep.methods]
+    return [("all", list(sweep.methods))]
+
+
+def train_defaults(config: ExperimentConfig, method: str) -> dict[str, Any]:
+    """The lr and epochs the base config runs `method` with (its train section, else the method's recipe)."""
+    assert config.sweep is not None
+    resolved = config.with_overrides(**{"method.name": method,
+                                        "method.hparams": config.sweep.methods[method].hparams}).resolved_train()
+    return {"lr": resolved["lr"], "epochs": resolved["epochs"]}
+
+
+def check_sweep(config: ExperimentConfig) -> int:
+    """Refuse a sweep larger than its budget (torch- and Ray-free: the CLI calls it before importing them)."""
+    if config.sweep is None:
+        raise ConfigError("the config has no `sweep:` section (see experiments/sweep_default.yaml)")
+    return config.sweep.check_budget({m: train_defaults(config, m) for m in config.sweep.methods})
+
+
+def max_concurrent(config: ExperimentConfig) -> int:
+    """Trials at once: the configured number, else what the cluster holds of one trial's workers."""
+    import ray
+
+    assert config.sweep is not None
+    if config.sweep.max_concurrent:
+        return config.sweep.max_concurrent
+    resources = ray.cluster_resources()
+    workers = config.train.workers
+    if config.train.use_gpu:
+        return max(1, int(resources.get("GPU", 0)) // workers)
+    cpus = config.train.cpus_per_worker or config.sweep.cpus_per_worker
+    return max(1, int(resources.get("CPU", 0)) // (workers * cpus))
+
+
+def run_sweep(config: ExperimentConfig, progress: Progress = print) -> SweepResult:
+    """Run the sweep of `config.sweep` (a config error if there is none) and write its summary and report."""
+    check_sweep(config)
+    folder = sweep_folder(config)
+    saved = folder / CONFIG_FILE
+    if saved.is_file() and json.loads(saved.read_text()) != json.loads(config.model_dump_json()):
+        raise ConfigError(f"{folder} holds another sweep; resume it with `unlearn sweep --resume {folder}` or "
+                          "choose another sweep.output_dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    saved.write_text(config.model_dump_json(indent=2))
+    return _run(config, folder, resume=False, progress=progress)
+
+
+def resume_sweep(folder: str | Path, progress: Progress = print) -> SweepResult:
+    """Restore an interrupted sweep from its folder and finish it, without running finished trials again."""
+    folder = Path(folder).resolve()
+    saved = folder / CONFIG_FILE
+    if not saved.is_file():
+        raise ConfigError(f"{folder} is not a sweep folder (no {CONFIG_FILE})")
+    config = parse_config(json.loads(saved.read_text()), source=str(saved))
+    return _run(config, folder, resume=True, progress=progress)
+
+
+def _run(config: ExperimentConfig, folder: Path, resume: bool, progress: Progress) -> SweepResult:
+    from orchestrator.prepare import prepare
+    from orchestrator.ray_session import connect_ray
+    from orchestrator.sweep.report import write_sweep_report
+
+    assert config.sweep is not None
+    sweep = config.sweep
+    connect_ray(config.ray.address, config.ray.num_cpus, progress)
+    prepared = prepare(config, progress=progress)  # once, here: every trial starts from the warm result
+    defaults = {m: train_defaults(config, m) for m in sweep.methods}
+    slots = max_concurrent(config)
+    started = time.perf_counter()
+    grids = []
+    for name, members in studies(sweep):
+        tuner = _tuner(config, folder, name, members, defaults, slots, prepared, resume, progress)
+        study_started = time.perf_counter()
+        grids.append(tuner.fit())
+        progress(f"study {name!r}: {len(grids[-1])} trials in {time.perf_counter() - study_started:.0f} s")
+    wall = time.perf_counter() - started
+    sessions = _record_session(folder, wall, slots, resume)
+    trials = [_trial_record(r) for grid in grids for r in grid]
+    summary, summary_path, report_path = write_sweep_report(config, folder, trials, defaults, slots, sessions)
+    return SweepResult(folder, summary, summary_path, report_path)
+
+
+def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str], defaults: dict[str, Any],
+           slots: int, prepared, resume: bool, progress: Progress):
+    from ray import tune
+
+    sweep = config.sweep
+    assert sweep is not None
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=json.loads(config.model_dump_json()), sweep_dir=str(folder),
+                             prepared=prepared),
+        {"CPU": 0})  # the trial's driver waits on Ray Train; its workers hold the CPUs
+    path = folder / TUNE_DIR / name
+    if resume and tune.Tuner.can_restore(str(path)):
+        progress(f"restoring study {name!r} from {path}")
+        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+    scheduler = search_alg = None
+    if sweep.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        (method,) = members
+        param_space = space.optuna_space(sweep, method)
+        search_alg = OptunaSearch(metric=["efficacy", "utility"], mode=["max", "max"],
+                                  points_to_evaluate=space.optuna_start_points(sweep, method, defaults[method]),
+                                  seed=0)
+        num_samples = sweep.num_samples * len(sweep.seeds)
+    else:
+        cells = [c for m in members for c in space.method_cells(sweep, m, defaults[m])]
+        param_space = {"cell": tune.grid_search(cells), "seed": tune.grid_search(list(sweep.seeds))}
+        num_samples = sweep.num_samples if sweep.search == "grid" else 1
+    if sweep.asha is not None:
+        from ray.tune.schedulers import ASHAScheduler
+
+        a = sweep.asha
+        scheduler = ASHAScheduler(time_attr="step", metric=a.metric, mode=a.mode, max_t=a.max_t,
+                                  grace_period=a.grace_period, reduction_factor=a.reduction_factor)
+    tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                                  max_concurrent_trials=slots, time_budget_s=sweep.time_budget_s,
+                                  trial_dirname_creator=lambda trial: trial.trial_id)
+    run_config = tune.RunConfig(name=name, storage_path=str(folder / TUNE_DIR), verbose=1,
+                                failure_config=tune.FailureConfig(max_failures=0))
+    progress(f"study {name!r}: {', '.join(members)}, {sweep.search} search, {slots} trial(s) at once")
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def _trial_record(result) -> dict[str, Any]:
+    """A trial as the report reads it: its cell, seed, status and last reported metrics."""
+    metrics = dict(result.metrics or {})
+    cell = result.config["cell"]
+    status = "error" if result.error else ("complete" if metrics.get("final") else "stopped early")
+    keep = ("rouge_efficacy", "forget_quality", "utility", "forget_rouge_l", "retain_rouge_l", "model_utility",
+            "mia_auc", "score", "score_forget_quality", "seconds", "step", "train_lr", "train_epochs")
+    record = {"trial_id": metrics.get("trial_id") or Path(result.path).name, "method": cell["method"],
+              "params": dict(cell["params"]), "seed": result.config["seed"], "status": status,
+              **{k: metrics.get(k) for k in keep},
+              "timings": {k.removeprefix("time_"): v for k, v in metrics.items() if k.startswith("time_")},
+              "tune_seconds": metrics.get("time_total_s"), "path": result.path}
+    if result.error:
+        record["error"] = str(result.error).strip().splitlines()[-1][:300] if str(result.error).strip() else "error"
+    return record
+
+
+def _record_session(folder: Path, wall: float, slots: int, resume: bool) -> list[dict[str, Any]]:
+    path = folder / SESSIONS_FILE
+    sessions = json.loads(path.read_text()) if path.is_file() else []
+    if not resume:
+        sessions = []
+    sessions.append({"wall_seconds": round(wall, 2), "slots": slots, "resumed": resume,
+                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    path.write_text(json.dumps(sessions, indent=2))
+    return sessions

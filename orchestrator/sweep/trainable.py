@@ -1,0 +1,66 @@
+"""One Tune trial: one Ray Train run of `run_unlearning`, in Ray 2.60's Train V2 pattern.
+
+Ray Train V2 no longer runs a trainer *as* a Tune trainable: a plain function trainable per trial builds the
+`TorchTrainer` (here inside `run_unlearning`), names the Ray Train run after the trial (a restarted trial finds its
+own run state and resumes from its last checkpoint, `orchestrator/run_state.py`) and hands Ray Train a
+`TuneReportCallback`, which forwards every `ray.train.report` of the workers to Tune (the training loss and the
+step, for ASHA). When the run returns, the trial reports its final metrics once more, with the efficacy, utility and
+trade-off score computed from the evaluation, and the run's timings.
+
+The trial's driver itself needs no CPU (`tune.with_resources(..., {"CPU": 0})`): it waits on the Ray Train
+controller (0 CPUs) while the workers hold the CPUs; so the number of trials at once is set by
+`max_concurrent_trials` (`driver.py`), not by Tune's resource accounting.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import ExperimentConfig
+from orchestrator.sweep.analysis import trial_metrics
+from orchestrator.sweep.space import trial_overrides
+
+TRIALS_DIR = "trials"
+TIMING_KEYS = ("prepare", "unlearn", "train_loop", "evaluate", "export", "worker_setup", "ray_train_start",
+               "ray_train_finish")
+
+
+def trial_config(base: ExperimentConfig, cell: dict[str, Any], seed: int, sweep_dir: str | Path,
+                 trial_id: str) -> ExperimentConfig:
+    """The experiment one trial runs: the base config with the cell's method, hyperparameters, lr/epochs and seed,
+    its own output folder, and the sweep's CPUs per worker where the base leaves them unset."""
+    assert base.sweep is not None
+    fixed = base.sweep.methods[cell["method"]].hparams
+    overrides = trial_overrides(cell, seed, fixed)
+    overrides["output_dir"] = str(Path(sweep_dir) / TRIALS_DIR / trial_id)
+    overrides["sweep"] = None
+    if base.train.cpus_per_worker is None:
+        overrides["train.cpus_per_worker"] = base.sweep.cpus_per_worker
+    return base.with_overrides(**overrides)
+
+
+def run_trial(config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, prepared=None) -> None:
+    """Tune's function trainable: run the trial's unlearning and report its final metrics to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator.config import parse_config
+    from orchestrator.run import run_unlearning
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    experiment = trial_config(parse_config(base, source="sweep"), config["cell"], config["seed"], sweep_dir, trial_id)
+
+    def progress(message: str) -> None:
+        print(f"[trial {trial_id}] {message}", file=sys.stderr, flush=True)
+
+    result = run_unlearning(experiment, prepared=prepared, run_name=f"trial-{trial_id}",
+                            callbacks=[TuneReportCallback()], progress=progress)
+    if not base["sweep"]["keep_models"]:
+        shutil.rmtree(result.model_dir, ignore_errors=True)
+    timings = {k: result.timings.get(k) for k in TIMING_KEYS}
+    ray.tune.report({**trial_metrics(result.before, result.after), "step": result.train["steps"],
+                     "final": 1.0, "seconds": result.seconds, **{f"time_{k}": v for k, v in timings.items()},
+                     "train_lr": result.settings["lr"], "train_epochs": result.settings["epochs"]})
