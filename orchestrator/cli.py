@@ -110,6 +110,22 @@ def _num(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from orchestrator.stream.driver import run_stream, stream_config  # torch- and Ray-free until it runs
+
+    stream_config(config, args.requests, True if args.follow else None)  # a bad `stream:` answers here
+    result = run_stream(config, requests=args.requests, follow=True if args.follow else None, progress=_Progress())
+    print(f"\nstream of {len(result.methods)} method(s) in {result.seconds:.0f} s\n")
+    for row in result.summary["drift_table"]:
+        drift = row["drift_final"]
+        print(f"{row['method']:>10}: {row['applied']} applied, {row['rolled_back']} rolled back, "
+              f"{row['quarantined']} quarantined; drift after the last "
+              f"{'-' if drift is None else f'{drift:+.4f}'}")
+    print(f"\nsummary: {result.summary_path}\nreport:  {result.report_path}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
 
@@ -194,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. "
                     "sweep.max_concurrent=2")
     sw.set_defaults(func=cmd_sweep)
+
+    st = sub.add_parser("stream", help="replay sequential forget requests on one resident model, each applied "
+                        "exactly once (resumes after a crash), with drift and resurgence")
+    st.add_argument("config", nargs="?", help="experiment YAML with a `stream:` section (default: the embedded "
+                    "default with a synthetic stream; see experiments/stream_default.yaml)")
+    st.add_argument("--requests", help="JSONL file of requests (sets stream.source: file)")
+    st.add_argument("--follow", action="store_true", help="keep reading the requests file as lines are appended")
+    st.add_argument("--output", help="output folder (default runs/<name>-stream)")
+    st.add_argument("--workers", type=int, help="Ray Train workers")
+    st.add_argument("--address", help="Ray cluster address to join")
+    st.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. "
+                    "stream.policy.mode=coalesce")
+    st.set_defaults(func=cmd_stream)
 
     ev = sub.add_parser("eval", help="the metrics alone, for a model folder")
     ev.add_argument("model", help="HF model folder (with its tokenizer)")

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 import methods
+from orchestrator.stream.config import StreamConfig
 from orchestrator.sweep.config import SweepConfig
 
 
@@ -198,6 +199,8 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     output_dir: str | None = Field(None, description="Output folder; default runs/<name>-<method>.")
+    stream: StreamConfig | None = Field(None, description="`unlearn stream`: where the requests come from, the "
+                                        "policy, the guard (orchestrator/stream/config.py); ignored by `unlearn run`.")
     sweep: SweepConfig | None = Field(None, description="`unlearn sweep`: methods, search spaces, seeds, budget "
                                       "(orchestrator/sweep/config.py); ignored by `unlearn run`.")
 

@@ -88,22 +88,34 @@ class UnlearningWorker:
         self.history: list[dict[str, float]] = []
         self.kept: set[int] | None = None
         self.resumed_from_step: int | None = None
+        # Progress reports through `ray.train.report` every `log_every` steps; a stream reports once per request.
+        self.report_progress = True
 
     # --- setup --------------------------------------------------------------------------------------------
     def setup(self) -> None:
+        """`unlearn run`'s set-up: load the target (and the reference, a second copy of it), build, resume."""
         from orchestrator.models import load_causal_lm
 
         torch.manual_seed(self.cfg["seed"])
         dtype = getattr(torch, self.job.dtype)
         model = load_causal_lm(self.job.target_dir, dtype=dtype).to(self.device)
-        self.ds_config = self._deepspeed_config(model)
         reference = None
         if methods.needs_reference(self.job.method_name, self.job.method_hparams):
             reference = load_causal_lm(self.job.target_dir, dtype=dtype).to(self.device)
-            if self.ds_config is not None:
-                from orchestrator.deepspeed_engine import sharded_reference
+        self.build(model, reference)
+        self._resume()
 
-                reference = sharded_reference(reference, self.ds_config)
+    def build(self, model: torch.nn.Module, reference: torch.nn.Module | None = None) -> None:
+        """Method, batches, adapters, optimizer and step engine over `model`, already loaded and on the device.
+
+        `setup` calls it with a freshly loaded target; a request stream (`orchestrator/stream/worker.py`) calls it
+        once per request with the model it keeps resident and a frozen copy of it as the reference.
+        """
+        self.ds_config = self._deepspeed_config(model)
+        if reference is not None and self.ds_config is not None:
+            from orchestrator.deepspeed_engine import sharded_reference
+
+            reference = sharded_reference(reference, self.ds_config)
         self.method: UnlearningMethod = methods.build(self.job.method_name, reference=reference, **self.job.method_hparams)
         parts = ("forget",) + tuple(
             p for p, used in (("retain", self.method.uses_retain), ("alternate", self.method.uses_alternate),
@@ -133,7 +145,6 @@ class UnlearningWorker:
             if reference is not None and self.engine.stage == 3 and self.world_size > 1:
                 collective_reference_cache(self.method.reference_cache)
         self.model = self.engine.module  # the trained model (peft-wrapped when adapters are trained)
-        self._resume()
 
     def _deepspeed_config(self, model: torch.nn.Module) -> dict[str, Any] | None:
         if not self.cfg.get("deepspeed"):
@@ -212,7 +223,8 @@ class UnlearningWorker:
                         print(f"[unlearn] epoch {self.epoch + 1}/{epochs} step {step_in_epoch + 1}/{steps} "
                               f"loss {metrics['loss']:.4f} ({time.perf_counter() - started:.0f}s)", flush=True)
                     window = []
-                    _report(metrics)
+                    if self.report_progress:
+                        _report(metrics)
             self.epoch += 1
             stop = self._refine_forget_set()
             if stop:

@@ -1,0 +1,215 @@
+"""Forget requests: the JSONL format, its validation, the synthetic generator and a reader that follows a file.
+
+One request a line:
+
+    {"id": "r-001", "arrival": 12.5, "items": ["person-090", "person-091/q3", {"text": "..."}],
+     "method": {"name": "ga", "lr": 1e-4}}
+
+`items` name what to forget: an example id of the data set ("person-091/q3"), a subject key that stands for all of
+its examples ("person-090"), or an inline text. `arrival` is seconds after the stream's start (default 0);
+`method` (a name or a `StreamMethod` mapping) overrides the stream's method for this request alone.
+
+A line that cannot be read is not an error of the stream: it becomes a `BadLine` (quarantined by the driver, with
+a reason), and the stream goes on. Reasons name keys, positions and ids, never a value that might be forget text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pydantic
+
+from orchestrator.data.schema import Example, UnlearningData
+from orchestrator.stream.config import StreamMethod, SyntheticRequests
+
+KEYS = {"id", "arrival", "items", "method"}
+
+
+@dataclass(frozen=True)
+class UnlearningRequest:
+    """One deletion request, as read; `line` is its position in the source (what a restart replays against)."""
+
+    id: str
+    line: int
+    arrival: float = 0.0
+    items: tuple[str, ...] = ()  # ids into the data set: example ids or subject keys
+    texts: tuple[str, ...] = ()  # inline texts to forget
+    method: StreamMethod | None = None
+
+    def to_json(self) -> str:
+        items: list[Any] = list(self.items) + [{"text": t} for t in self.texts]
+        record: dict[str, Any] = {"id": self.id, "arrival": self.arrival, "items": items}
+        if self.method is not None:
+            record["method"] = self.method.model_dump(exclude_none=True)
+        return json.dumps(record)
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line that is not a usable request: quarantined with `reason`, identified by its hash, never its text."""
+
+    line: int
+    reason: str
+    content_hash: str
+    id: str | None = None
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def example_hash(example: Example) -> str:
+    """The content hash the ledger keeps for a forgotten example (question and answer)."""
+    return text_hash(f"{example.question}\n{example.answer}")
+
+
+def parse_line(text: str, line: int) -> UnlearningRequest | BadLine | None:
+    """The request on one line (None for a blank line)."""
+    if not text.strip():
+        return None
+    digest = text_hash(text.strip())
+
+    def bad(reason: str, request_id: str | None = None) -> BadLine:
+        return BadLine(line, f"line {line}: {reason}", digest, request_id)
+
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        return bad(f"not valid JSON ({err.msg} at column {err.colno})")
+    if not isinstance(record, dict):
+        return bad(f"expected a JSON object, got {type(record).__name__}")
+    request_id = record.get("id")
+    if not isinstance(request_id, str) or not request_id.strip() or len(request_id) > 200:
+        return bad("'id' must be a non-empty string (at most 200 characters)")
+    unknown = sorted(set(record) - KEYS)
+    if unknown:
+        return bad(f"unknown key(s) {unknown} (allowed: {sorted(KEYS)})", request_id)
+    arrival = record.get("arrival", 0.0)
+    if isinstance(arrival, bool) or not isinstance(arrival, (int, float)) or arrival < 0 or arrival != arrival:
+        return bad("'arrival' must be a number of seconds >= 0", request_id)
+    raw_items = record.get("items")
+    if not isinstance(raw_items, list) or not raw_items:
+        return bad("'items' must be a non-empty list", request_id)
+    items: list[str] = []
+    texts: list[str] = []
+    for position, item in enumerate(raw_items):
+        if isinstance(item, str) and item.strip():
+            items.append(item.strip())
+        elif isinstance(item, dict) and set(item) == {"text"} and isinstance(item["text"], str) and item["text"].strip():
+            texts.append(item["text"])
+        else:
+            return bad(f"items[{position}] must be an id or {{\"text\": ...}} with a non-empty text", request_id)
+    method = record.get("method")
+    override = None
+    if method is not None:
+        try:
+            override = StreamMethod(name=method) if isinstance(method, str) else StreamMethod(**method)
+        except (TypeError, ValueError) as err:  # pydantic's ValidationError and MethodConfigError are ValueErrors
+            return bad(f"'method' is not a usable method ({_error_kind(err)})", request_id)
+    return UnlearningRequest(request_id, line, float(arrival), tuple(items), tuple(texts), override)
+
+
+def _error_kind(err: Exception) -> str:
+    """What was wrong, without the input values pydantic would echo."""
+    if isinstance(err, pydantic.ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'method'}: {e['type']}" for e in err.errors())
+    return str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+
+
+def read_lines(path: str | Path, follow: bool = False, idle_exit_s: float | None = None,
+               stop: threading.Event | None = None, poll_s: float = 0.2) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each complete line of `path`, 1-based; with `follow`, also the lines appended later.
+
+    A last line without its newline is held back while following (the writer may be half-way through it) and read
+    as it is at the end otherwise. Following stops when `stop` is set or after `idle_exit_s` without a new line.
+    """
+    number = 0
+    pending = ""
+    idle_since = time.monotonic()
+    with open(path, encoding="utf-8") as handle:
+        while True:
+            chunk = handle.readline()
+            if chunk:
+                pending += chunk
+                if pending.endswith("\n"):
+                    number += 1
+                    yield number, pending.rstrip("\n")
+                    pending = ""
+                    idle_since = time.monotonic()
+                continue
+            if not follow:
+                if pending:
+                    yield number + 1, pending
+                return
+            if (stop is not None and stop.is_set()) or (
+                    idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s):
+                return
+            time.sleep(poll_s)
+
+
+def subject_key(example: Example) -> str:
+    """The key a request names a subject by: the example id's prefix ("person-090" of "person-090/q3")."""
+    return example.id.split("/", 1)[0] if "/" in example.id else example.subject
+
+
+class ItemIndex:
+    """What a request may name: the trained-on examples (forget and retain splits), by id and by subject key."""
+
+    def __init__(self, data: UnlearningData) -> None:
+        self.examples: dict[str, Example] = {}
+        self.subjects: dict[str, list[Example]] = {}
+        for example in data.forget + data.retain:
+            self.examples[example.id] = example
+            self.subjects.setdefault(subject_key(example), []).append(example)
+
+    def resolve(self, request: UnlearningRequest) -> tuple[list[Example], list[str]]:
+        """The request's examples (named ones, then inline texts) and the ids it names that the data lacks."""
+        found: dict[str, Example] = {}
+        unknown: list[str] = []
+        for item in request.items:
+            if item in self.examples:
+                found.setdefault(item, self.examples[item])
+            elif item in self.subjects:
+                for example in self.subjects[item]:
+                    found.setdefault(example.id, example)
+            else:
+                unknown.append(item)
+        for text in request.texts:
+            example = inline_example(text)
+            found.setdefault(example.id, example)
+        return list(found.values()), unknown
+
+
+def inline_example(text: str) -> Example:
+    """An inline text as a passage to forget; its id is its hash."""
+    return Example(id=f"text:{text_hash(text)[:16]}", question="", answer=text, subject="inline", kind="text")
+
+
+def synthetic_requests(data: UnlearningData, cfg: SyntheticRequests) -> list[UnlearningRequest]:
+    """`cfg.count` requests, one fictitious person each (the forget split's people first, then retained ones),
+    with Poisson arrivals at `cfg.rate` per second."""
+    subjects: list[str] = []
+    for example in data.forget + data.retain:
+        key = subject_key(example)
+        if key not in subjects:
+            subjects.append(key)
+    if cfg.count > len(subjects):
+        raise ValueError(f"stream.synthetic.count={cfg.count}: the data set has only {len(subjects)} people")
+    rng = random.Random(cfg.seed)
+    arrival = 0.0
+    out = []
+    for i, key in enumerate(subjects[: cfg.count]):
+        arrival += rng.expovariate(cfg.rate)
+        out.append(UnlearningRequest(f"req-{i + 1:04d}", i + 1, round(arrival, 3), (key,)))
+    return out
+
+
+def write_requests(path: str | Path, requests: list[UnlearningRequest]) -> None:
+    Path(path).write_text("".join(r.to_json() + "\n" for r in requests))
