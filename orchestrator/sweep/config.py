@@ -169,15 +169,17 @@ def _check_dimension(method: str, fixed: dict[str, Any], param: str, dim: Dimens
 
 
 # The embedded default sweep (`unlearn sweep` with no config; experiments/sweep_default.yaml spells it out): the
-# embedded tiny problem, GA, NPO and UnDIAL over the same two learning rates and one hyperparameter of their own,
-# two seeds each: 12 cells, 24 trials, each cell's default (paper hyperparameters, recipe lr/epochs) among them.
+# embedded tiny problem; GA, NPO and UnDIAL each over two learning rates (its recipe's and one 3x away: lower for
+# GA and NPO, whose recipe rate already erases the tiny model, higher for UnDIAL) and one knob of its own (GA: epochs;
+# NPO: beta, paper 0.1; UnDIAL: gamma, default 10 and the top of open-unlearning's {3, 10, 30}), two seeds each:
+# 12 cells, 24 trials, every method's default cell (paper hyperparameters, recipe lr/epochs) among them.
 DEFAULT_SWEEP_EXPERIMENT: dict[str, Any] = {
     "name": "sweep-default",
     "sweep": {
         "methods": {
-            "ga": {"space": {"lr": {"grid": [1.0e-4, 3.0e-4]}, "epochs": {"grid": [5, 10]}}},
-            "npo": {"space": {"lr": {"grid": [1.0e-4, 3.0e-4]}, "beta": {"grid": [0.1, 0.5]}}},
-            "undial": {"space": {"lr": {"grid": [1.0e-4, 3.0e-4]}, "gamma": {"grid": [3.0, 10.0]}}},
+            "ga": {"space": {"lr": {"grid": [3.0e-5, 1.0e-4]}, "epochs": {"grid": [5, 10]}}},
+            "npo": {"space": {"lr": {"grid": [3.0e-5, 1.0e-4]}, "beta": {"grid": [0.1, 0.5]}}},
+            "undial": {"space": {"lr": {"grid": [1.0e-4, 3.0e-4]}, "gamma": {"grid": [10.0, 30.0]}}},
         },
         "search": "grid",
         "seeds": [0, 1],

@@ -23,12 +23,16 @@ from typing import Any, Callable
 from orchestrator.config import ConfigError, ExperimentConfig, parse_config
 from orchestrator.sweep import space
 from orchestrator.sweep.config import SweepConfig
-from orchestrator.sweep.trainable import run_trial
+from orchestrator.sweep.trainable import TIMING_PREFIX, run_trial
 
 Progress = Callable[[str], None]
 CONFIG_FILE = "sweep_config.json"
 SESSIONS_FILE = "sweep_sessions.json"
 TUNE_DIR = "tune"
+# The trial's driver only waits on Ray Train, whose workers hold the CPUs: it asks for no CPU (Tune's default is 1,
+# which on a 2-CPU machine would leave no CPU for the workers). Tune refuses an empty request, so it asks for one
+# byte of Ray's logical "memory" resource instead, which every node has.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 1}
 
 
 @dataclass
@@ -138,7 +142,7 @@ def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str]
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=json.loads(config.model_dump_json()), sweep_dir=str(folder),
                              prepared=prepared),
-        {"CPU": 0})  # the trial's driver waits on Ray Train; its workers hold the CPUs
+        TRIAL_DRIVER_RESOURCES)
     path = folder / TUNE_DIR / name
     if resume and tune.Tuner.can_restore(str(path)):
         progress(f"restoring study {name!r} from {path}")
@@ -165,6 +169,7 @@ def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str]
                                   grace_period=a.grace_period, reduction_factor=a.reduction_factor)
     tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                   max_concurrent_trials=slots, time_budget_s=sweep.time_budget_s,
+                                  reuse_actors=True,  # a trial's driver imports torch and the run code once per slot
                                   trial_dirname_creator=lambda trial: trial.trial_id)
     run_config = tune.RunConfig(name=name, storage_path=str(folder / TUNE_DIR), verbose=1,
                                 failure_config=tune.FailureConfig(max_failures=0))
@@ -176,13 +181,14 @@ def _trial_record(result) -> dict[str, Any]:
     """A trial as the report reads it: its cell, seed, status and last reported metrics."""
     metrics = dict(result.metrics or {})
     cell = result.config["cell"]
-    status = "error" if result.error else ("complete" if metrics.get("final") else "stopped early")
+    # No final report: stopped early by ASHA, or cut short by an interruption (then `--resume` runs it again).
+    status = "error" if result.error else ("complete" if metrics.get("final") else "incomplete")
     keep = ("rouge_efficacy", "forget_quality", "utility", "forget_rouge_l", "retain_rouge_l", "model_utility",
             "mia_auc", "score", "score_forget_quality", "seconds", "step", "train_lr", "train_epochs")
     record = {"trial_id": metrics.get("trial_id") or Path(result.path).name, "method": cell["method"],
               "params": dict(cell["params"]), "seed": result.config["seed"], "status": status,
               **{k: metrics.get(k) for k in keep},
-              "timings": {k.removeprefix("time_"): v for k, v in metrics.items() if k.startswith("time_")},
+              "timings": {k.removeprefix(TIMING_PREFIX): v for k, v in metrics.items() if k.startswith(TIMING_PREFIX)},
               "tune_seconds": metrics.get("time_total_s"), "path": result.path}
     if result.error:
         record["error"] = str(result.error).strip().splitlines()[-1][:300] if str(result.error).strip() else "error"

@@ -98,7 +98,8 @@ def optuna_start_points(sweep: SweepConfig, method: str, train_defaults: dict[st
     if not sweep.include_default:
         return []
     default = _typed(method_defaults(sweep, method, train_defaults))
-    return [{"cell": {"params": default}, "seed": sweep.seeds[0]}]
+    # OptunaSearch takes the points flattened the way it flattens the space ("cell/params/lr").
+    return [{**{f"cell/params/{k}": v for k, v in default.items()}, "seed": sweep.seeds[0]}]
 
 
 def trial_overrides(cell: dict[str, Any], seed: int, fixed_hparams: dict[str, Any]) -> dict[str, Any]:

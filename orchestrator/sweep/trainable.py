@@ -24,6 +24,7 @@ from orchestrator.sweep.analysis import trial_metrics
 from orchestrator.sweep.space import trial_overrides
 
 TRIALS_DIR = "trials"
+TIMING_PREFIX = "run_seconds_"  # not "time_": Tune reports its own time_total_s, time_this_iter_s
 TIMING_KEYS = ("prepare", "unlearn", "train_loop", "evaluate", "export", "worker_setup", "ray_train_start",
                "ray_train_finish")
 
@@ -62,5 +63,5 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, p
         shutil.rmtree(result.model_dir, ignore_errors=True)
     timings = {k: result.timings.get(k) for k in TIMING_KEYS}
     ray.tune.report({**trial_metrics(result.before, result.after), "step": result.train["steps"],
-                     "final": 1.0, "seconds": result.seconds, **{f"time_{k}": v for k, v in timings.items()},
+                     "final": 1.0, "seconds": result.seconds, **{f"{TIMING_PREFIX}{k}": v for k, v in timings.items()},
                      "train_lr": result.settings["lr"], "train_epochs": result.settings["epochs"]})

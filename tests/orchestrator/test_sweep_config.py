@@ -1,0 +1,147 @@
+"""The `sweep:` section: validated at load time in one line, cells and trial overrides, the embedded default, the
+summary built from hand-made trial records, and Optuna's two-objective searcher on the real library (no Ray)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import ConfigError, load_config, parse_config
+from orchestrator.sweep import space
+from orchestrator.sweep.config import DEFAULT_SWEEP_EXPERIMENT
+from orchestrator.sweep.driver import check_sweep, studies, train_defaults
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sweep_config(**sweep):
+    return parse_config({"name": "t", "sweep": {"methods": {"npo": {"space": {"beta": {"grid": [0.1, 0.5]}}}},
+                                                **sweep}})
+
+
+def test_the_yaml_spells_out_the_embedded_default_sweep():
+    config = load_config(ROOT / "experiments" / "sweep_default.yaml")
+    assert config == parse_config(DEFAULT_SWEEP_EXPERIMENT)
+    assert set(config.sweep.methods) >= {"ga", "npo", "undial"} and len(config.sweep.seeds) >= 2
+    assert all(len(m.space) >= 2 for m in config.sweep.methods.values())
+    assert check_sweep(config) == 24  # every default cell is already in the grid
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"methods": {"npo": {"space": {"betta": {"grid": [1]}}}}}, "'npo' has no hyperparameter 'betta'"),
+    ({"methods": {"undial": {"space": {"gamma": {"grid": [-1]}}}}}, "gamma = -1"),
+    ({"methods": {"nope": {"space": {"lr": {"grid": [1e-4]}}}}}, "unknown method 'nope'"),
+    ({"methods": {"ga": {"space": {"epochs": {"grid": [2.5]}}}}}, "train.epochs must be a positive integer"),
+    ({"methods": {"ga": {"space": {"lr": {"uniform": [1e-5, 1e-4]}}}}}, "search 'grid' enumerates values"),
+    ({"methods": {"ga": {"space": {"lr": {"grid": [1e-4]}}}}, "search": "optuna"}, "use choice"),
+    ({"methods": {"ga": {"space": {"lr": {"loguniform": [0, 1]}}}}, "search": "random"}, "lo > 0"),
+    ({"methods": {"npo": {"space": {"beta": {"grid": [1]}}, "hparams": {"beta": 2}}}}, "both fixed"),
+])
+def test_a_bad_space_is_one_config_error_at_load_time(sweep, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"sweep": sweep})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_cli_refuses_a_bad_sweep_in_one_line_without_torch(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("sweep:\n  methods:\n    ga:\n      space: {alpha: {grid: [1]}}\n")
+    done = subprocess.run([sys.executable, "-c", "import sys; from orchestrator.cli import main; rc = main("
+                           f"['sweep', {str(path)!r}]); assert 'torch' not in sys.modules; sys.exit(rc)"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "'ga' has no hyperparameter 'alpha'" in done.stderr
+
+
+def test_budget_counts_cells_seeds_and_a_missing_default_cell():
+    """beta {0.1, 0.5} holds NPO's default 0.1: 2 cells x 3 seeds = 6; beta {0.3, 0.5} lacks it: 3 cells, 9."""
+    assert check_sweep(sweep_config(seeds=[0, 1, 2])) == 6
+    other = parse_config({"sweep": {"methods": {"npo": {"space": {"beta": {"grid": [0.3, 0.5]}}}},
+                                    "seeds": [0, 1, 2], "budget": 8}})
+    with pytest.raises(ConfigError, match="9 trials, more than sweep.budget=8"):
+        check_sweep(other)
+
+
+def test_cells_mark_the_default_and_overrides_route_lr_and_epochs_to_train():
+    config = parse_config(DEFAULT_SWEEP_EXPERIMENT)
+    cells = space.method_cells(config.sweep, "undial", train_defaults(config, "undial"))
+    assert [c["params"] for c in cells if c["is_default"]] == [{"lr": 3e-4, "gamma": 10.0}]  # recipe lr, paper gamma
+    over = space.trial_overrides({"method": "undial", "params": {"lr": 1e-4, "gamma": 30.0, "epochs": 4.6}}, 1, {})
+    assert over == {"method.name": "undial", "method.hparams": {"gamma": 30.0}, "train.seed": 1, "train.lr": 1e-4,
+                    "train.epochs": 5}
+    trial = config.with_overrides(**over, sweep=None)
+    assert trial.method.hparams == {"gamma": 30.0} and trial.train.lr == 1e-4 and trial.train.epochs == 5
+
+
+def test_random_cells_are_drawn_reproducibly_within_their_ranges():
+    config = parse_config({"sweep": {"search": "random", "num_samples": 3, "include_default": False, "methods": {
+        "npo": {"space": {"lr": {"loguniform": [1e-5, 1e-3]}, "beta": {"grid": [0.1, 0.5]}}}}}})
+    cells = space.method_cells(config.sweep, "npo", train_defaults(config, "npo"))
+    assert len(cells) == 6 and cells == space.method_cells(config.sweep, "npo", train_defaults(config, "npo"))
+    assert all(1e-5 <= c["params"]["lr"] <= 1e-3 for c in cells)
+    assert sorted({c["params"]["beta"] for c in cells}) == [0.1, 0.5]
+
+
+def test_optuna_and_asha_run_one_study_per_method():
+    assert studies(parse_config(DEFAULT_SWEEP_EXPERIMENT).sweep) == [("all", ["ga", "npo", "undial"])]
+    asha = parse_config({**DEFAULT_SWEEP_EXPERIMENT, "sweep": {**DEFAULT_SWEEP_EXPERIMENT["sweep"], "asha": {}}})
+    assert [name for name, _ in studies(asha.sweep)] == ["ga", "npo", "undial"]
+
+
+def test_optuna_searcher_suggests_the_default_first_then_points_in_the_space():
+    """Real Optuna TPE with two objectives behind Tune's OptunaSearch (no Ray cluster is needed to suggest)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    config = parse_config({"sweep": {"search": "optuna", "num_samples": 4, "seeds": [0, 1], "methods": {
+        "undial": {"space": {"lr": {"loguniform": [1e-5, 1e-3]}, "gamma": {"choice": [3.0, 10.0, 30.0]}}}}}})
+    sweep = config.sweep
+    searcher = OptunaSearch(metric=["efficacy", "utility"], mode=["max", "max"], seed=0,
+                            points_to_evaluate=space.optuna_start_points(sweep, "undial",
+                                                                         train_defaults(config, "undial")))
+    assert searcher.set_search_properties(None, None, space.optuna_space(sweep, "undial"))
+    first = searcher.suggest("t0")
+    assert first["cell"]["params"] == {"lr": 3e-4, "gamma": 10.0} and first["seed"] == 0
+    searcher.on_trial_complete("t0", {"efficacy": 0.6, "utility": 0.8})
+    second = searcher.suggest("t1")
+    assert 1e-5 <= second["cell"]["params"]["lr"] <= 1e-3 and second["cell"]["params"]["gamma"] in (3.0, 10.0, 30.0)
+    assert second["seed"] in (0, 1)
+    # Tune's SearchGenerator merges each suggestion into the space's constants (the method's name) as here.
+    from ray.tune.utils.util import merge_dicts
+
+    assert merge_dicts(space.optuna_space(sweep, "undial"), second)["cell"]["method"] == "undial"
+
+
+def test_summary_from_hand_made_trials():
+    """Two methods, two cells each, one seed. GA: (efficacy, utility) (1.0, 0.1) and (0.9, 0.2); NPO (0.5, 0.9) and
+    (0.4, 0.8). Scores (harmonic means): GA 2*0.1/1.1 = 0.1818 and 2*0.18/1.1 = 0.3273; NPO 0.9/1.4 = 0.6429 and
+    0.64/1.2 = 0.5333. All-trials front: GA's two (neither dominates the other) and NPO (0.5, 0.9); NPO (0.4, 0.8)
+    is dominated. GA's hypervolume: 1.0 * 0.1 + 0.9 * (0.2 - 0.1) = 0.19; NPO's: 0.5 * 0.9 = 0.45."""
+    from orchestrator.sweep.report import build_summary, markdown
+
+    config = parse_config({"sweep": {"tolerance": 0.05, "methods": {
+        "ga": {"space": {"lr": {"grid": [1e-4, 3e-4]}}}, "npo": {"space": {"lr": {"grid": [1e-4, 3e-4]}}}}}})
+    points = {("ga", 1e-4): (1.0, 0.1), ("ga", 3e-4): (0.9, 0.2), ("npo", 1e-4): (0.5, 0.9), ("npo", 3e-4): (0.4, 0.8)}
+    from orchestrator.sweep.analysis import tradeoff_score
+
+    trials = [{"trial_id": f"{m}-{lr}", "method": m, "params": {"lr": lr}, "seed": 0, "status": "complete",
+               "rouge_efficacy": e, "forget_quality": 0.1, "utility": u, "score": tradeoff_score(e, u),
+               "score_forget_quality": tradeoff_score(0.1, u), "seconds": 10.0,
+               "timings": {"train_loop": 4.0, "evaluate": 2.0}} for (m, lr), (e, u) in points.items()]
+    defaults = {m: train_defaults(config, m) for m in ("ga", "npo")}
+    summary = build_summary(config, trials, defaults, slots=2, sessions=[{"wall_seconds": 15.0}])
+    front = summary["pareto"]["rouge_efficacy"]
+    assert front["all"] == ["ga-0.0001", "ga-0.0003", "npo-0.0001"]
+    assert front["per_method"]["ga"]["hypervolume"] == pytest.approx(0.19)
+    assert front["per_method"]["npo"]["hypervolume"] == pytest.approx(0.45)
+    ga, npo = summary["robustness"]["ga"], summary["robustness"]["npo"]
+    assert ga["best"] == pytest.approx(0.36 / 1.1) and ga["near_best"] == 0.5
+    assert ga["default"] == pytest.approx(0.2 / 1.1) and ga["tunability"] == pytest.approx(0.16 / 1.1)  # lr 1e-4
+    assert npo["best"] == pytest.approx(0.9 / 1.4) and npo["tunability"] == 0.0 and npo["near_best"] == 0.5
+    assert summary["expected_max"]["npo"] == pytest.approx([(0.9 / 1.4 + 0.64 / 1.2) / 2, 0.9 / 1.4])
+    # 4 trials x (4 + 2) s of train loop and evaluation over 2 slots: 12 s ideal; 15 s wall: 1.25.
+    assert summary["timing"]["ideal_seconds"] == 12.0 and summary["timing"]["wall_over_ideal"] == 1.25
+    text = markdown(summary, [])
+    assert "| ga | 2 | 2 |" in text and "harmonic mean" in text
