@@ -121,13 +121,14 @@ def _run(config: ExperimentConfig, folder: Path, resume: bool, progress: Progres
     slots = max_concurrent(config)
     started = time.perf_counter()
     grids = []
-    for name, members in studies(sweep):
-        tuner = _tuner(config, folder, name, members, defaults, slots, prepared, resume, progress)
-        study_started = time.perf_counter()
-        grids.append(tuner.fit())
-        progress(f"study {name!r}: {len(grids[-1])} trials in {time.perf_counter() - study_started:.0f} s")
-    wall = time.perf_counter() - started
-    sessions = _record_session(folder, wall, slots, resume)
+    try:
+        for name, members in studies(sweep):
+            tuner = _tuner(config, folder, name, members, defaults, slots, prepared, resume, progress)
+            study_started = time.perf_counter()
+            grids.append(tuner.fit())
+            progress(f"study {name!r}: {len(grids[-1])} trials in {time.perf_counter() - study_started:.0f} s")
+    finally:  # an interrupted session's time counts too: the sweep's wall time is the sum over its sessions
+        sessions = _record_session(folder, time.perf_counter() - started, slots, resume)
     trials = [_trial_record(r) for grid in grids for r in grid]
     summary, summary_path, report_path = write_sweep_report(config, folder, trials, defaults, slots, sessions)
     return SweepResult(folder, summary, summary_path, report_path)

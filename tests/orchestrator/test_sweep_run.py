@@ -1,0 +1,145 @@
+"""Real sweeps on a small embedded problem: real Ray Tune, real Ray Train runs, the real tiny Llama.
+
+Slow (a few minutes on 2 cores): run with `--run-slow`. One module-wide cache, so the tiny models are built once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_end_to_end import SMALL
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def small_sweep(folder: Path, methods: dict, max_concurrent: int) -> dict:
+    return {**SMALL, "name": "sweep-test", "eval": {"max_per_split": 24, "max_new_tokens": 16},
+            "train": {**SMALL["train"], "epochs": 1},
+            "sweep": {"methods": methods, "seeds": [0], "include_default": False, "max_concurrent": max_concurrent,
+                      "output_dir": str(folder)}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_cache_and_ray(tmp_path_factory):
+    import ray
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_UNLEARN_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def trial_points(folder: Path) -> dict[str, dict]:
+    """Each trial's efficacy/utility recomputed from its own run's summary.json (not from what Tune was told)."""
+    from orchestrator.sweep.analysis import trial_metrics
+
+    out = {}
+    for path in sorted((folder / "trials").glob("*/summary.json")):
+        run = json.loads(path.read_text())
+        out[path.parent.name] = {**trial_metrics(run["before"], run["after"]), "method": run["method"],
+                                 "hyperparameters": run["hyperparameters"], "lr": run["settings"]["lr"]}
+    return out
+
+
+def tune_intervals(folder: Path, study: str = "all") -> dict[str, tuple[float, float]]:
+    """(start, end) wall-clock seconds of each trial, from its last Tune result."""
+    out = {}
+    for path in (folder / "tune" / study).glob("*/result.json"):
+        last = json.loads(path.read_text().strip().splitlines()[-1])
+        out[path.parent.name] = (last["timestamp"] - last["time_total_s"], last["timestamp"])
+    return out
+
+
+@pytest.mark.slow
+def test_small_sweep_summary_and_front_agree_with_the_trials_own_metrics(tmp_path):
+    from orchestrator.config import parse_config
+    from orchestrator.sweep import analysis
+    from orchestrator.sweep.driver import run_sweep
+
+    folder = tmp_path / "sweep"
+    config = parse_config(small_sweep(folder, {"ga": {"space": {"lr": {"grid": [1e-4, 3e-4]}}},
+                                               "undial": {"space": {"gamma": {"grid": [3.0, 30.0]}}}}, 2))
+    result = run_sweep(config, progress=lambda m: None)
+    summary = json.loads((folder / "sweep_summary.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary, default=str))
+    assert summary["status"] == {"complete": 4}
+
+    own = trial_points(folder)
+    assert set(own) == {t["trial_id"] for t in summary["trials"]}
+    for t in summary["trials"]:
+        mine = own[t["trial_id"]]
+        assert t["method"] == mine["method"]
+        for key in ("rouge_efficacy", "utility", "score", "forget_quality"):
+            assert t[key] == pytest.approx(mine[key]), (t["trial_id"], key)
+        if t["method"] == "undial":
+            assert mine["hyperparameters"]["gamma"] == t["params"]["gamma"]
+        else:
+            assert mine["lr"] == t["params"]["lr"]
+        assert t["timings"]["train_loop"] > 0 and t["timings"]["evaluate"] > 0
+
+    ids = sorted(own)
+    points = [(own[i]["rouge_efficacy"], own[i]["utility"]) for i in ids]
+    assert sorted(summary["pareto"]["rouge_efficacy"]["all"]) == sorted(ids[i] for i in analysis.pareto_front(points))
+    for method in ("ga", "undial"):
+        mine = [(own[i]["rouge_efficacy"], own[i]["utility"]) for i in ids if own[i]["method"] == method]
+        assert summary["robustness"][method]["hypervolume"] == pytest.approx(analysis.hypervolume(mine))
+        assert summary["robustness"][method]["cells"] == 2
+
+    # Two at a time, never more (2 CPUs, 1 worker x 1 CPU per trial; the trial's driver takes none).
+    spans = tune_intervals(folder)
+    assert len(spans) == 4
+    edges = sorted([(s, 1) for s, _ in spans.values()] + [(e, -1) for _, e in spans.values()])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2
+    # TensorBoard logs through Tune, the report and its plots.
+    assert all(list((folder / "tune" / "all" / i).glob("events.out.tfevents.*")) for i in ids)
+    report = (folder / "sweep_report.md").read_text()
+    assert "## Robustness" in report and "harmonic mean" in report
+    assert (folder / "plots" / "tradeoff_rouge_efficacy.png").stat().st_size > 0
+    assert (folder / "plots" / "expected_max.png").exists()
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    from orchestrator.sweep.driver import resume_sweep
+
+    folder = tmp_path / "sweep"
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(small_sweep(folder, {"ga": {"space": {"lr": {"grid": [5e-5, 1e-4, 3e-4]}}}}, 2)))
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", str(path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 420
+    while not list((folder / "trials").glob("*/summary.json")):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < deadline, "no trial finished in time"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its experiment state and stops
+    proc.communicate(timeout=180)
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in (folder / "trials").glob("*/summary.json")}
+    results = {i: (folder / "tune" / "all" / i / "result.json").read_text() for i in finished}
+    assert 1 <= len(finished) < 3
+
+    result = resume_sweep(folder, progress=lambda m: None)
+    assert result.summary["status"] == {"complete": 3}
+    assert {t["trial_id"] for t in result.summary["trials"]} >= set(finished)
+    # The trials that had finished were not run again: their run summaries and Tune results are untouched.
+    for trial_id, mtime in finished.items():
+        assert (folder / "trials" / trial_id / "summary.json").stat().st_mtime_ns == mtime
+        assert (folder / "tune" / "all" / trial_id / "result.json").read_text() == results[trial_id]
+    assert len(trial_points(folder)) == 3
+    assert result.summary["timing"]["sessions"] == 2
