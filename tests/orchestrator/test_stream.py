@@ -1,0 +1,191 @@
+"""`unlearn stream` end to end: real processes, real local Ray, real Ray Train, a tiny real Llama.
+
+- the guard: a destructive request (GA at a huge learning rate) is rolled back and the stream goes on; bad lines,
+  unknown items and a duplicate id are quarantined; none of the forget texts reach the ledger, the logs, the
+  metrics or the reports;
+- exactly once: the stream process is SIGKILLed after an applied request and again while a request is running,
+  restarted each time, and ends with every request applied exactly once and the final metrics of an
+  uninterrupted run (within 1e-4: the same seeds, batches and float32 weights from the checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TOLERANCE = 1e-4
+
+SMALL = {
+    "name": "stream-test",
+    "model": {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
+                       "vocab_size": 512},
+              "pretrain": None, "finetune": {"epochs": 15, "lr": 3e-3, "batch_size": 16}},
+    "data": {"synthetic": {"n_people": 20, "questions_per_person": 4}},
+    "train": {"epochs": 2, "lr": 2e-4, "batch_size": 4, "cpus_per_worker": 1},
+    "eval": {"max_per_split": 12, "max_new_tokens": 12},
+    "ray": {"num_cpus": 2},
+    "stream": {"methods": [{"name": "ga"}], "eval_max_per_split": 12},
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("stream-cache")
+
+
+def _env(cache: Path) -> dict[str, str]:
+    env = {**os.environ, "RAY_UNLEARN_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _config(tmp_path: Path, **stream) -> Path:
+    config = {**SMALL, "stream": {**SMALL["stream"], **stream}}
+    path = tmp_path / "stream.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _command(config: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.cli", "stream", str(config), "--output", str(out), *extra]
+
+
+def _ledger_rows(path: Path, query: str) -> list[tuple]:
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute(query).fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    finally:
+        db.close()
+
+
+@pytest.mark.slow
+def test_guard_rolls_back_a_destructive_request_bad_input_is_quarantined_and_no_text_leaks(tmp_path, cache):
+    from orchestrator.data.synthetic import make_synthetic_data
+
+    data = make_synthetic_data(seed=0, n_people=20, questions_per_person=4)
+    people = list(dict.fromkeys(e.id.split("/")[0] for e in data.forget + data.retain))
+    inline = "Marguerite Olvani keeps her diaries in a locked blue tin under the stairs."
+    lines = [
+        json.dumps({"id": "r1", "items": [people[0]]}),
+        '{"id": "broken", "items": ["' + data.forget[1].answer,  # malformed, and carrying a forget text
+        json.dumps({"id": "r2", "items": [people[1], {"text": inline}]}),
+        json.dumps({"id": "r1", "items": [people[2]]}),  # duplicate id
+        json.dumps({"id": "r3", "items": ["person-999"]}),  # unknown item
+        json.dumps({"id": "boom", "items": [people[2]], "method": {"name": "ga", "lr": 50.0, "epochs": 3}}),
+        json.dumps({"id": "r4", "items": [people[3]]}),
+    ]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    done = subprocess.run(_command(_config(tmp_path), out, "--requests", str(requests)), cwd=ROOT,
+                          env=_env(cache), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    summary = json.loads((out / "stream_summary.json").read_text())
+    states = {(r["id"], r["seq"]): (r["state"], r["reason"]) for r in summary["methods"]["ga"]["requests"]}
+    assert states[("r1", 1)][0] == "applied" and states[("r2", 3)][0] == "applied"
+    assert states[("broken", 2)][0] == "quarantined" and "not valid JSON" in states[("broken", 2)][1]
+    assert states[("r1", 4)] == ("quarantined", "duplicate id 'r1' (first received at line 1)")
+    assert states[("r3", 5)][0] == "quarantined" and "person-999" in states[("r3", 5)][1]
+    assert states[("boom", 6)][0] == "rolled_back"
+    assert states[("r4", 7)][0] == "applied"  # the stream went on, from the checkpoint before the rollback
+    batches = {b["batch"]: b for b in summary["methods"]["ga"]["batches"]}
+    boom = next(b for b in batches.values() if b["seqs"] == [6])
+    after = next(b for b in batches.values() if b["seqs"] == [7])
+    assert boom["state"] == "rolled_back" and boom["checkpoint"] is None
+    # r4 started from r2's checkpoint: the destroyed weights never became the latest model.
+    db = out / "ga" / "ledger.sqlite"
+    base = _ledger_rows(db, f"SELECT base_checkpoint FROM batches WHERE batch = {after['batch']}")[0][0]
+    assert base == next(b for b in batches.values() if b["seqs"] == [3])["checkpoint"]
+    assert summary["methods"]["ga"]["drift"][-1] > -0.5 * summary["methods"]["ga"]["baseline"]["model_utility"]
+    assert (out / "drift.png").exists() and (out / "resurgence_ga.png").exists()
+
+    # No forget text anywhere: ledger (with its WAL), Ray Train's metrics and snapshot, reports, logs.
+    secrets = [inline] + [e.question for e in data.forget + data.retain if e.id.split("/")[0] in people[:4]] + [
+        e.answer for e in data.forget + data.retain if e.id.split("/")[0] in people[:4]]
+    texts = {"stdout": done.stdout, "stderr": done.stderr}
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix != ".safetensors" and path.suffix != ".png":
+            texts[str(path)] = path.read_bytes().decode("utf-8", errors="replace")
+    assert any(k.endswith("ledger.sqlite") for k in texts) and any("stream_report.md" in k for k in texts)
+    for where, text in texts.items():
+        for secret in secrets:
+            assert secret not in text, f"forget text found in {where}"
+    audit = _ledger_rows(db, "SELECT event, record FROM audit WHERE request_id = 'r2' AND event = 'applied'")
+    record = json.loads(audit[0][1])
+    assert record["checkpoint"] and record["evidence"]["after"]["rouge_l"] is not None
+    hashes = json.loads(_ledger_rows(db, "SELECT hashes FROM requests WHERE seq = 3")[0][0])
+    assert any(k.startswith("text:") for k in hashes) and all(len(h) == 64 for h in hashes.values())
+
+
+def _final_metrics(out: Path) -> dict:
+    s = json.loads((out / "stream_summary.json").read_text())["methods"]["ga"]
+    return {"utility": s["model_utility"], "rouge": s["matrix"]["rouge_l"], "probability": s["matrix"]["probability"]}
+
+
+@pytest.mark.slow
+def test_a_stream_killed_twice_resumes_and_applies_every_request_exactly_once(tmp_path, cache):
+    config = _config(tmp_path, source="synthetic", synthetic={"count": 4, "rate": 1.0, "seed": 0})
+    reference = tmp_path / "reference"
+    done = subprocess.run(_command(config, reference), cwd=ROOT, env=_env(cache), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    db = out / "ga" / "ledger.sqlite"
+    applied = "SELECT COUNT(*) FROM batches WHERE state = 'applied'"
+    kills = [
+        # after the first request was applied (between two requests)
+        lambda: _ledger_rows(db, applied)[0][0] >= 1,
+        # while a request is running, after a second was applied
+        lambda: _ledger_rows(db, applied)[0][0] >= 2 and bool(
+            _ledger_rows(db, "SELECT batch FROM batches WHERE state = 'running'")),
+    ]
+    for i, when in enumerate(kills):
+        with open(tmp_path / f"run{i}.log", "w") as log:
+            process = subprocess.Popen(_command(config, out), cwd=ROOT, env=_env(cache), stdout=log,
+                                       stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 600
+            while not when():
+                assert process.poll() is None, (tmp_path / f"run{i}.log").read_text()[-3000:]
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    assert not (out / "stream_summary.json").exists()
+    last = subprocess.run(_command(config, out), cwd=ROOT, env=_env(cache), capture_output=True, text=True,
+                          timeout=900)
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert "resuming" in last.stderr
+
+    rows = _ledger_rows(db, "SELECT seq, state, batch FROM requests ORDER BY seq")
+    assert [(seq, state) for seq, state, _ in rows] == [(s, "applied") for s in (1, 2, 3, 4)]
+    batches = _ledger_rows(db, "SELECT batch, seqs, state FROM batches ORDER BY batch")
+    applied_seqs = [s for _, seqs, state in batches if state == "applied" for s in json.loads(seqs)]
+    assert applied_seqs == [1, 2, 3, 4]  # each exactly once, in order
+    assert "abandoned" in {state for _, _, state in batches}  # the kill while running was caught
+    events = _ledger_rows(db, "SELECT seq FROM audit WHERE event = 'applied'")
+    assert sorted(s for (s,) in events) == [1, 2, 3, 4]
+
+    got, want = _final_metrics(out), _final_metrics(reference)
+    assert len(got["utility"]) == len(want["utility"]) == 4
+    assert got["utility"] == pytest.approx(want["utility"], abs=TOLERANCE)
+    for key in ("rouge", "probability"):
+        for row_got, row_want in zip(got[key], want[key]):
+            assert [v is None for v in row_got] == [v is None for v in row_want]
+            assert [v for v in row_got if v is not None] == pytest.approx(
+                [v for v in row_want if v is not None], abs=TOLERANCE)

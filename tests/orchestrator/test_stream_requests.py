@@ -1,0 +1,147 @@
+"""Request parsing and validation, the item index, the synthetic generator, `--follow` reading, the real sources."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from orchestrator.data.synthetic import make_synthetic_data
+from orchestrator.stream.requests import (BadLine, ItemIndex, UnlearningRequest, parse_line, read_lines,
+                                          synthetic_requests)
+from orchestrator.stream.config import StreamConfig, SyntheticRequests
+
+SECRET = "The secret answer nobody may read"
+
+
+def test_a_good_line_becomes_a_request_with_ids_texts_and_override():
+    line = json.dumps({"id": "r1", "arrival": 2.5, "items": ["person-019", {"text": SECRET}],
+                       "method": {"name": "ga", "lr": 0.5, "epochs": 2}})
+    request = parse_line(line, 7)
+    assert isinstance(request, UnlearningRequest)
+    assert (request.id, request.line, request.arrival, request.items, request.texts) == (
+        "r1", 7, 2.5, ("person-019",), (SECRET,))
+    assert request.method.name == "ga" and request.method.lr == 0.5 and request.method.epochs == 2
+    assert parse_line(json.dumps({"id": "r2", "items": ["x"], "method": "npo"}), 1).method.name == "npo"
+    assert parse_line("   ", 3) is None
+
+
+@pytest.mark.parametrize("line, reason", [
+    ('{"id": "r1", "items": ["' + SECRET + '"', "not valid JSON"),
+    (json.dumps([SECRET]), "expected a JSON object"),
+    (json.dumps({"items": [SECRET]}), "'id'"),
+    (json.dumps({"id": "r1", "items": [], "text": SECRET}), "unknown key"),
+    (json.dumps({"id": "r1", "items": []}), "'items' must be a non-empty list"),
+    (json.dumps({"id": "r1", "items": [{"txt": SECRET}]}), "items[0]"),
+    (json.dumps({"id": "r1", "arrival": -1, "items": ["a"]}), "'arrival'"),
+    (json.dumps({"id": "r1", "items": ["a"], "method": {"name": "no-such-method", "hparams": {"x": SECRET}}}),
+     "'method'"),
+])
+def test_a_bad_line_is_a_bad_line_whose_reason_holds_no_text(line, reason):
+    bad = parse_line(line, 4)
+    assert isinstance(bad, BadLine)
+    assert reason in bad.reason and bad.reason.startswith("line 4:")
+    assert SECRET not in bad.reason and len(bad.content_hash) == 64
+
+
+def test_items_resolve_by_example_id_subject_key_or_inline_text():
+    data = make_synthetic_data(seed=0, n_people=20, questions_per_person=4)
+    index = ItemIndex(data)
+    person = data.forget[0].id.split("/")[0]
+    request = UnlearningRequest("r", 1, items=(person, data.retain[0].id, "person-999"), texts=(SECRET,))
+    examples, unknown = index.resolve(request)
+    assert unknown == ["person-999"]
+    assert [e.id for e in examples[:4]] == [f"{person}/q{i}" for i in range(4)]
+    assert examples[4] == data.retain[0]
+    assert examples[5].kind == "text" and examples[5].id.startswith("text:") and SECRET not in examples[5].id
+
+
+def test_the_generator_makes_one_person_per_request_with_poisson_arrivals():
+    data = make_synthetic_data(seed=0, n_people=100)
+    requests = synthetic_requests(data, SyntheticRequests(count=10, rate=0.5, seed=0))
+    forget_people = list(dict.fromkeys(e.id.split("/")[0] for e in data.forget))
+    assert [r.items for r in requests] == [(p,) for p in forget_people]
+    arrivals = [r.arrival for r in requests]
+    assert arrivals == sorted(arrivals) and len(set(arrivals)) == 10
+    assert 5 < arrivals[-1] < 60  # ten exponential gaps of mean 2 s
+    assert synthetic_requests(data, SyntheticRequests(count=10, rate=0.5, seed=0)) == requests
+    with pytest.raises(ValueError, match="only 100 people"):
+        synthetic_requests(data, SyntheticRequests(count=101))
+
+
+def test_follow_reads_lines_appended_later_and_waits_for_a_half_written_line(tmp_path):
+    path = tmp_path / "requests.jsonl"
+    path.write_text('{"id": "a"}\n')
+
+    def writer():
+        time.sleep(0.3)
+        with open(path, "a") as f:
+            f.write('{"id": "b"}\n{"id": ')
+            f.flush()
+            time.sleep(0.3)
+            f.write('"c"}\n')
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    lines = list(read_lines(path, follow=True, idle_exit_s=1.0, poll_s=0.02))
+    thread.join()
+    assert lines == [(1, '{"id": "a"}'), (2, '{"id": "b"}'), (3, '{"id": "c"}')]
+    # Without follow, the file as it is now.
+    assert [n for n, _ in read_lines(path)] == [1, 2, 3]
+
+
+def test_the_stream_config_refuses_impossible_combinations():
+    with pytest.raises(ValueError, match="needs stream.requests"):
+        StreamConfig(source="file")
+    with pytest.raises(ValueError, match="reads a file"):
+        StreamConfig(follow=True)
+    with pytest.raises(ValueError, match="twice"):
+        StreamConfig(methods=[{"name": "ga"}, {"name": "ga"}])
+    with pytest.raises(ValueError):
+        StreamConfig(methods=[{"name": "ga", "lr": -1}])
+
+
+class _Rows:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def to_list(self):
+        return self.rows
+
+
+def test_muse_sust_becomes_four_requests_of_inline_texts(monkeypatch):
+    import datasets
+
+    from orchestrator.stream.sources import muse_sust_requests
+
+    calls = []
+
+    def fake_load_dataset(path, config, split):
+        calls.append((path, config, split))
+        return _Rows([{"text": f"news {split} {i}"} for i in range(3)])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    requests = muse_sust_requests("muse-bench/MUSE-News")
+    assert calls == [("muse-bench/MUSE-News", "sust", f"forget_{i}") for i in range(1, 5)]
+    assert [r.id for r in requests] == [f"muse-sust-forget_{i}" for i in range(1, 5)]
+    assert requests[2].texts == ("news forget_3 0", "news forget_3 1", "news forget_3 2") and not requests[2].items
+
+
+def test_tofu_nested_splits_become_requests_for_the_new_authors(monkeypatch):
+    import datasets
+
+    from orchestrator.stream.sources import tofu_nested_requests
+
+    def fake_load_dataset(path, config, split):
+        authors = {"forget01": 2, "forget05": 10, "forget10": 20}[config]
+        first = 200 - authors  # the forget authors are TOFU's last
+        return _Rows([{"question": f"q {first + i // 20} {i % 20}", "answer": "a"} for i in range(authors * 20)])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    requests = tofu_nested_requests("locuslab/TOFU")
+    assert [r.id for r in requests] == ["tofu-forget01", "tofu-forget05", "tofu-forget10"]
+    assert requests[0].items == ("tofu-author-198", "tofu-author-199")
+    assert requests[1].items == tuple(f"tofu-author-{a}" for a in range(190, 198))
+    assert requests[2].items == tuple(f"tofu-author-{a}" for a in range(180, 190))
