@@ -86,6 +86,7 @@ def stream_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         baseline = utility_metrics(model, tokenizer, utility_data(job.data, set(), job.eval_max_per_split),
                                    job.template, settings)
         job.results.put({"kind": "baseline", "utility": baseline})
+        job.baseline_utility = baseline["model_utility"]  # the guard's reference (rank 0 decides for all)
     applied = 0
     while True:
         message = _next_message(job, rank, world_size)
