@@ -42,5 +42,16 @@ def tiny_llama(vocab_size: int, seed: int = 0, **overrides) -> LlamaForCausalLM:
 
 
 def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """Load an HF causal LM from a local folder or hub id (`from_pretrained`)."""
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    """Load an HF causal LM from a local folder or hub id (`from_pretrained`).
+
+    Without transformers' per-load "Loading weights" bar: a run loads the target (and its reference) on every
+    worker, and each bar came back through Ray's log stream as one more line per load."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
