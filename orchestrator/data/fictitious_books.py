@@ -198,7 +198,7 @@ class Book:
         return "\n\n".join((self.title, *self.paragraphs)) + "\n"
 
 
-def make_book(seed: int, n_paragraphs: int = 8, sentences_per_paragraph: int = 5) -> Book:
+def make_book(seed: int, n_paragraphs: int = 12, sentences_per_paragraph: int = 3) -> Book:
     """The book of `seed`, in its own voice: the same arguments give the same text (for a given Faker version).
 
     A book draws its own sentence shapes (a few of `MAINS`, `OPENERS` and `CLOSERS`) and its own lexicon (cast,
