@@ -148,12 +148,15 @@ def test_a_stream_killed_twice_resumes_and_applies_every_request_exactly_once(tm
 
     out = tmp_path / "killed"
     db = out / "ga" / "ledger.sqlite"
-    applied = "SELECT COUNT(*) FROM batches WHERE state = 'applied'"
+    def applied() -> int:  # 0 until the ledger and its tables exist
+        rows = _ledger_rows(db, "SELECT COUNT(*) FROM batches WHERE state = 'applied'")
+        return rows[0][0] if rows else 0
+
     kills = [
         # after the first request was applied (between two requests)
-        lambda: _ledger_rows(db, applied)[0][0] >= 1,
+        lambda: applied() >= 1,
         # while a request is running, after a second was applied
-        lambda: _ledger_rows(db, applied)[0][0] >= 2 and bool(
+        lambda: applied() >= 2 and bool(
             _ledger_rows(db, "SELECT batch FROM batches WHERE state = 'running'")),
     ]
     for i, when in enumerate(kills):
