@@ -98,6 +98,7 @@ def robustness(trials: Sequence[dict[str, Any]], tolerance: float, default: dict
                metric: str = "score") -> dict[str, Any]:
     """One method's robustness over its grid.
 
+    - `worst`: the worst cell's mean (how far a bad pick of hyperparameters falls);
     - `near_best`: share of its cells whose mean (over seeds) `metric` is within `tolerance` of the best cell's;
     - `seed_spread_mean` / `seed_spread_max`: the spread (max - min) over seeds, averaged / worst over cells;
     - `tunability` (Probst, Boulesteix and Bischl 2019, JMLR 20(53)): best cell's mean minus the default cell's
@@ -105,7 +106,7 @@ def robustness(trials: Sequence[dict[str, Any]], tolerance: float, default: dict
     """
     table = cells(trials, metric)
     if not table:
-        return {"cells": 0, "best": None, "near_best": None, "seed_spread_mean": None, "seed_spread_max": None,
+        return {"cells": 0, "best": None, "worst": None, "near_best": None, "seed_spread_mean": None, "seed_spread_max": None,
                 "default": None, "tunability": None, "best_params": None}
     best_key = max(table, key=lambda k: table[k]["mean"])
     best = table[best_key]["mean"]
@@ -113,6 +114,7 @@ def robustness(trials: Sequence[dict[str, Any]], tolerance: float, default: dict
     default_cell = table.get(cell_key(default)) if default is not None else None
     spreads = [c["spread"] for c in table.values()]
     return {"cells": len(table), "best": best, "best_params": table[best_key]["params"],
+            "worst": min(c["mean"] for c in table.values()),
             "near_best": near / len(table), "seed_spread_mean": sum(spreads) / len(spreads),
             "seed_spread_max": max(spreads),
             "default": None if default_cell is None else default_cell["mean"],

@@ -162,10 +162,11 @@ def markdown(summary: dict[str, Any], images: Sequence[tuple[str, str]]) -> str:
     lines += [f"- **{k}**: {v}" for k, v in summary["definitions"].items()]
     lines += ["", f"The robustness figures use **{primary}** as forget efficacy; tolerance "
               f"{summary['tolerance']} on the score.", "", "## Robustness", "",
-              "| method | trials | cells | best score | best cell | near best | seed spread mean / max | default "
-              "score | tunability | hypervolume |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| method | trials | cells | best score | best cell | worst cell score | near best | seed spread mean / "
+              "max | default score | tunability | hypervolume |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, r in rob.items():
         lines.append(f"| {m} | {r['trials']} | {r['cells']} | {_f(r['best'])} | {_params(r['best_params'])} | "
+                     f"{_f(r['worst'])} | "
                      f"{_f(r['near_best'], 2)} | {_f(r['seed_spread_mean'])} / {_f(r['seed_spread_max'])} | "
                      f"{_f(r['default'])} | {_f(r['tunability'])} | {_f(r['hypervolume'])} |")
     ranked = sorted((m for m in rob if rob[m]["near_best"] is not None),

@@ -55,13 +55,13 @@ def test_robustness_near_best_share_seed_spread_and_tunability():
     A = lr 1e-4: scores 0.80, 0.70 -> mean 0.75, spread 0.10;
     B = lr 3e-4: scores 0.72, 0.74 -> mean 0.73, spread 0.02;
     C = lr 1e-3 (the default): scores 0.20, 0.40 -> mean 0.30, spread 0.20.
-    Best mean 0.75 (A); tolerance 0.05: A and B are within 0.70, C is not: near_best 2/3.
+    Best mean 0.75 (A), worst 0.30 (C); tolerance 0.05: A and B are within 0.70, C is not: near_best 2/3.
     Seed spread: mean (0.10 + 0.02 + 0.20) / 3 = 0.32 / 3, max 0.20. Tunability: 0.75 - 0.30 = 0.45."""
     trials = _trials({"A": ({"lr": 1e-4}, [0.80, 0.70]), "B": ({"lr": 3e-4}, [0.72, 0.74]),
                       "C": ({"lr": 1e-3}, [0.20, 0.40])})
     r = analysis.robustness(trials, tolerance=0.05, default={"lr": 1e-3})
     assert r["cells"] == 3 and r["best"] == pytest.approx(0.75) and r["best_params"] == {"lr": 1e-4}
-    assert r["near_best"] == pytest.approx(2 / 3)
+    assert r["near_best"] == pytest.approx(2 / 3) and r["worst"] == pytest.approx(0.30)
     assert r["seed_spread_mean"] == pytest.approx(0.32 / 3) and r["seed_spread_max"] == pytest.approx(0.20)
     assert r["default"] == pytest.approx(0.30) and r["tunability"] == pytest.approx(0.45)
     # Without the default cell among the trials there is no tunability; a wider tolerance takes in every cell.

@@ -144,4 +144,5 @@ def test_summary_from_hand_made_trials():
     # 4 trials x (4 + 2) s of train loop and evaluation over 2 slots: 12 s ideal; 15 s wall: 1.25.
     assert summary["timing"]["ideal_seconds"] == 12.0 and summary["timing"]["wall_over_ideal"] == 1.25
     text = markdown(summary, [])
+    assert ga["worst"] == pytest.approx(0.2 / 1.1)
     assert "| ga | 2 | 2 |" in text and "harmonic mean" in text
