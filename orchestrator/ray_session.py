@@ -77,6 +77,9 @@ def connect_ray(address: str | None, num_cpus: int | None, progress: Progress = 
         how = f"the `ray start` cluster at {started}"
     else:
         # With the dashboard: its state API is what Ray Train's controller polls, and users watch runs there.
+        # One machine, ours alone: no node of it can be preempted, so Ray Train's per-run PreemptionWatcher actor
+        # (one more process started and torn down by every `fit`) has nothing to watch.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
         how = "a private local Ray"
     progress(f"using {how}")
