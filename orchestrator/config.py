@@ -186,6 +186,9 @@ class RayConfig(_Section):
         "`ray start` cluster on this machine, else a private Ray started for the run (orchestrator/ray_session.py)."
     )
     num_cpus: int | None = Field(None, gt=0, description="CPUs of a privately started Ray; default: all.")
+    dashboard_host: str | None = Field(
+        None, description="Where a privately started Ray's dashboard listens; default: RAY_UNLEARN_DASHBOARD_HOST, "
+        "else 127.0.0.1 (turn on token authentication before exposing it: README).")
 
 
 class ExperimentConfig(_Section):

@@ -48,6 +48,13 @@ def named_address(configured: str | None) -> str | None:
     return configured or os.environ.get("RAY_ADDRESS") or None
 
 
+def private_dashboard_host(configured: str | None = None) -> str:
+    """Where a private Ray's dashboard listens: the config's `ray.dashboard_host`, else RAY_UNLEARN_DASHBOARD_HOST,
+    else 127.0.0.1 (only this machine: Ray's dashboard and Jobs API run any code they are sent, see the README
+    on token authentication before exposing it)."""
+    return configured or os.environ.get("RAY_UNLEARN_DASHBOARD_HOST") or "127.0.0.1"
+
+
 def private_ray_cpus(address: str | None, num_cpus: int | None) -> int | None:
     """The CPUs of the private Ray that `connect_ray` would start now, or None when it would join one instead.
 
@@ -59,10 +66,12 @@ def private_ray_cpus(address: str | None, num_cpus: int | None) -> int | None:
     return num_cpus or os.cpu_count() or 1
 
 
-def connect_ray(address: str | None, num_cpus: int | None, progress: Progress = print) -> str:
+def connect_ray(address: str | None, num_cpus: int | None, progress: Progress = print,
+                dashboard_host: str | None = None) -> str:
     """Connect this process to the Ray a run should use (see the module docstring); returns how, in words.
 
-    `num_cpus` applies only to a private Ray (a running cluster's size is its own).
+    `num_cpus` and `dashboard_host` apply only to a private Ray (a running cluster's are its own); its dashboard
+    listens on 127.0.0.1 unless `dashboard_host` (`ray.dashboard_host`) or RAY_UNLEARN_DASHBOARD_HOST says otherwise.
     """
     import ray
 
@@ -80,7 +89,8 @@ def connect_ray(address: str | None, num_cpus: int | None, progress: Progress = 
         # One machine, ours alone: no node of it can be preempted, so Ray Train's per-run PreemptionWatcher actor
         # (one more process started and torn down by every `fit`) has nothing to watch.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True, include_dashboard=True,
+                 dashboard_host=private_dashboard_host(dashboard_host))
         how = "a private local Ray"
     progress(f"using {how}")
     return how

@@ -20,8 +20,10 @@ from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.prepare import (Prepared, encode_rows, evaluate_dir, eval_settings, load_data, load_tokenizer,
                                   prepare)
 from orchestrator import run_state
+from orchestrator.metrics import record_evaluation
 from orchestrator.ray_session import connect_ray, private_ray_cpus
 from orchestrator.train import EXPORT_DIR, TrainJob, train_loop_per_worker
+from orchestrator.training_metrics import TrainingMetricsCallback
 from orchestrator.worker_evaluation import EvaluationJob
 
 Progress = Callable[[str], None]
@@ -89,7 +91,7 @@ def run_unlearning(
     check_resources(config, ray_cpus=private_ray_cpus(config.ray.address, config.ray.num_cpus))
     check_memory(config, progress)
     resuming = run_state.claim(output, run_name, config, target_dir)
-    ray_how = connect_ray(config.ray.address, config.ray.num_cpus, progress)
+    ray_how = connect_ray(config.ray.address, config.ray.num_cpus, progress, config.ray.dashboard_host)
     check_resources(config)
     prepared = prepared or prepare(config, data=data, progress=progress)
     t_prepared = time.perf_counter()
@@ -105,7 +107,8 @@ def run_unlearning(
                                               prepared.retain_report))
     progress(f"{'resuming' if resuming else 'unlearning'} {len(job.rows.forget)} forget examples with "
              f"{config.method.name} on {config.train.workers} Ray Train worker(s), evaluating there (run {run_name})")
-    train_summary = _fit(config, job, output, progress, run_name=run_name, callbacks=callbacks)
+    watch = TrainingMetricsCallback.for_job(run_name, job, config.train.workers)  # Ray dashboard metrics
+    train_summary = _fit(config, job, output, progress, run_name=run_name, callbacks=[*(callbacks or ()), watch])
     t_trained = time.perf_counter()
     worker = train_summary["timings"]
     result = RunResult(
@@ -133,6 +136,7 @@ def run_unlearning(
     )
     from orchestrator.report import write_report
 
+    record_evaluation(run_name, result.method, result.after)
     result.seconds = round(time.perf_counter() - started, 2)
     (output / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
     write_report(result, output)

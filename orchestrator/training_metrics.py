@@ -1,0 +1,69 @@
+"""Training metrics without touching the worker code: a Ray Train V2 callback in Train's controller.
+
+Ray Train V2 runs a `UserCallback`'s `after_report` in the controller after every `ray.train.report` of the workers.
+`TrainingMetricsCallback` forwards each progress report's numbers (loss, forget and retain terms, step, epoch, lr) to
+the metrics actor (`orchestrator/metrics.py`), with the wall time per step between two reports and the tokens per
+second that implies. Kept apart from `orchestrator/metrics.py` so that the metrics actor's process does not import
+Ray Train.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Mapping
+
+from ray.train import UserCallback
+
+from orchestrator.metrics import finite_number, flush, record_training
+
+
+def tokens_per_step(job: Any, workers: int) -> float | None:
+    """Real (unpadded) tokens one global step processes: the mean row length of every batch part the method uses,
+    times the rows per step. An estimate per step (batches draw rows at random), exact on average over an epoch."""
+    try:
+        import methods
+
+        profile = methods.profile(job.method_name, job.method_hparams)
+        rows = job.rows
+        parts = [rows.forget] + [getattr(rows, p) for p, used in (
+            ("retain", profile.uses_retain), ("alternate", profile.uses_alternate),
+            ("analogous", profile.uses_analogous)) if used]
+        per_worker = math.ceil(len(rows.forget) / workers)
+        batch = min(job.train["batch_size"], per_worker)
+        return float(workers * batch * sum(sum(len(r.input_ids) for r in part) / len(part) for part in parts if part))
+    except Exception:
+        return None
+
+
+class TrainingMetricsCallback(UserCallback):
+    """Ray Train V2 callback (it runs in Train's controller, not in the workers) that forwards each progress
+    report's numbers to the metrics actor, with the wall time per step between reports and tokens per second."""
+
+    def __init__(self, run: str, method: str, tokens_per_step: float | None = None) -> None:
+        self.run, self.method, self.tokens_per_step = run, method, tokens_per_step
+        self._last: tuple[float, float] | None = None  # (time, step) of the previous report
+
+    @classmethod
+    def for_job(cls, run: str, job: Any, workers: int) -> "TrainingMetricsCallback":
+        return cls(run, job.method_name, tokens_per_step(job, workers))
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        try:
+            self.observe(metrics[0] if metrics else {}, time.monotonic())
+        except Exception:
+            return
+
+    def observe(self, report: Mapping[str, Any], now: float) -> None:
+        """Record rank 0's report taken at `now` (workers' reports carry the same averaged metrics)."""
+        step = report.get("step")
+        step_seconds = None
+        if finite_number(step) and self._last is not None and step > self._last[1]:
+            step_seconds = (now - self._last[0]) / (step - self._last[1])
+        if finite_number(step):
+            self._last = (now, float(step))
+        if "loss" in report:  # a progress report (checkpoint and final reports carry no loss)
+            tps = self.tokens_per_step / step_seconds if self.tokens_per_step and step_seconds else None
+            record_training(self.run, self.method, report, step_seconds=step_seconds, tokens_per_second=tps)
+        if report.get("final"):
+            flush(2.0)
