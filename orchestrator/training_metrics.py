@@ -54,16 +54,23 @@ class TrainingMetricsCallback(UserCallback):
         except Exception:
             return
 
-    def observe(self, report: Mapping[str, Any], now: float) -> None:
-        """Record rank 0's report taken at `now` (workers' reports carry the same averaged metrics)."""
+    def observe(self, report: Mapping[str, Any], now: float) -> tuple[float | None, float | None]:
+        """Record rank 0's report taken at `now` (every worker reports the same averaged metrics); returns the
+        (seconds per step, tokens per second) it recorded.
+
+        Timed between reports as the controller takes them (it polls the workers every few hundred ms, so a short
+        interval is that much less exact); any report moves the clock, so a checkpoint's save is not a step's."""
         step = report.get("step")
-        step_seconds = None
+        step_seconds = tokens_per_second = None
         if finite_number(step) and self._last is not None and step > self._last[1]:
             step_seconds = (now - self._last[0]) / (step - self._last[1])
         if finite_number(step):
             self._last = (now, float(step))
-        if "loss" in report:  # a progress report (checkpoint and final reports carry no loss)
-            tps = self.tokens_per_step / step_seconds if self.tokens_per_step and step_seconds else None
-            record_training(self.run, self.method, report, step_seconds=step_seconds, tokens_per_second=tps)
-        if report.get("final"):
-            flush(2.0)
+        if "loss" not in report:  # a checkpoint or the final report: no training numbers
+            if report.get("final"):
+                flush(2.0)  # the controller ends with the run
+            return None, None
+        if self.tokens_per_step and step_seconds:
+            tokens_per_second = self.tokens_per_step / step_seconds
+        record_training(self.run, self.method, report, step_seconds=step_seconds, tokens_per_second=tokens_per_second)
+        return step_seconds, tokens_per_second
