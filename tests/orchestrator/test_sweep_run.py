@@ -115,6 +115,8 @@ def test_small_sweep_summary_and_front_agree_with_the_trials_own_metrics(tmp_pat
 
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    from ray.tune import ExperimentAnalysis
+
     from orchestrator.sweep.driver import resume_sweep
 
     folder = tmp_path / "sweep"
@@ -124,13 +126,16 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 420
-    while not list((folder / "trials").glob("*/summary.json")):
+    while not any('"final": 1.0' in p.read_text() for p in (folder / "tune" / "all").glob("*/result.json")):
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.time() < deadline, "no trial finished in time"
         time.sleep(0.5)
+    time.sleep(3)  # the trial's function returns after its final report; then Tune marks it terminated
     proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its experiment state and stops
     proc.communicate(timeout=180)
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in (folder / "trials").glob("*/summary.json")}
+    # Finished is what Tune's saved state says (a trial may have written its run summary and not yet reported).
+    finished = {t.trial_id: (folder / "trials" / t.trial_id / "summary.json").stat().st_mtime_ns
+                for t in ExperimentAnalysis(str(folder / "tune" / "all")).trials if t.status == "TERMINATED"}
     results = {i: (folder / "tune" / "all" / i / "result.json").read_text() for i in finished}
     assert 1 <= len(finished) < 3
 
