@@ -90,9 +90,11 @@ def run_sweep(config: ExperimentConfig, progress: Progress = print) -> SweepResu
     check_sweep(config)
     folder = sweep_folder(config)
     saved = folder / CONFIG_FILE
-    if saved.is_file() and json.loads(saved.read_text()) != json.loads(config.model_dump_json()):
-        raise ConfigError(f"{folder} holds another sweep; resume it with `unlearn sweep --resume {folder}` or "
-                          "choose another sweep.output_dir")
+    if saved.is_file() and list((folder / TUNE_DIR).glob("*/experiment_state-*.json")):
+        same = parse_config(json.loads(saved.read_text()), source=str(saved)) == config  # new keys: defaults
+        raise ConfigError(f"{folder} already holds {'this' if same else 'another'} sweep; "
+                          + (f"finish it with `unlearn sweep --resume {folder}`" if same else "")
+                          + (" or " if same else "") + "choose another sweep.output_dir (--output)")
     folder.mkdir(parents=True, exist_ok=True)
     saved.write_text(config.model_dump_json(indent=2))
     return _run(config, folder, resume=False, progress=progress)
@@ -170,7 +172,10 @@ def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str]
                                   grace_period=a.grace_period, reduction_factor=a.reduction_factor)
     tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                   max_concurrent_trials=slots, time_budget_s=sweep.time_budget_s,
-                                  reuse_actors=True,  # a trial's driver imports torch and the run code once per slot
+                                  # A reused trial actor imports torch and the run code once per slot; but a trial
+                                  # ASHA stops must take its Ray Train run down with it (the controller is owned by,
+                                  # and dies with, the trial's actor), so under ASHA actors are not reused.
+                                  reuse_actors=sweep.asha is None,
                                   trial_dirname_creator=lambda trial: trial.trial_id)
     run_config = tune.RunConfig(name=name, storage_path=str(folder / TUNE_DIR), verbose=1,
                                 failure_config=tune.FailureConfig(max_failures=0))
