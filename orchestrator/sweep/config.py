@@ -77,7 +77,8 @@ class AshaConfig(_Section):
     mode: Literal["min", "max"] = Field("min", description="Whether lower or higher `metric` is better.")
     grace_period: int = Field(10, gt=0, description="Steps every trial runs before it can be stopped.")
     reduction_factor: float = Field(2.0, gt=1, description="Share kept at each rung is 1 / reduction_factor.")
-    max_t: int = Field(10_000, gt=0, description="Steps after which no trial is stopped.")
+    max_t: int = Field(10_000, gt=0, description="ASHA's last rung, in steps: keep it above the longest trial's "
+                       "steps, or every trial is stopped at its last step, before its evaluation.")
 
 
 class SweepConfig(_Section):
