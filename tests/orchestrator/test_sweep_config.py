@@ -68,7 +68,7 @@ def test_budget_counts_cells_seeds_and_a_missing_default_cell():
 def test_cells_mark_the_default_and_overrides_route_lr_and_epochs_to_train():
     config = parse_config(DEFAULT_SWEEP_EXPERIMENT)
     cells = space.method_cells(config.sweep, "undial", train_defaults(config, "undial"))
-    assert [c["params"] for c in cells if c["is_default"]] == [{"lr": 3e-4, "gamma": 10.0}]  # recipe lr, paper gamma
+    assert [c["params"] for c in cells if c["is_default"]] == [{"lr": 1e-4, "gamma": 10.0}]  # recipe lr, paper gamma
     over = space.trial_overrides({"method": "undial", "params": {"lr": 1e-4, "gamma": 30.0, "epochs": 4.6}}, 1, {})
     assert over == {"method.name": "undial", "method.hparams": {"gamma": 30.0}, "train.seed": 1, "train.lr": 1e-4,
                     "train.epochs": 5}
@@ -103,7 +103,7 @@ def test_optuna_searcher_suggests_the_default_first_then_points_in_the_space():
                                                                          train_defaults(config, "undial")))
     assert searcher.set_search_properties(None, None, space.optuna_space(sweep, "undial"))
     first = searcher.suggest("t0")
-    assert first["cell"]["params"] == {"lr": 3e-4, "gamma": 10.0} and first["seed"] == 0
+    assert first["cell"]["params"] == {"lr": 1e-4, "gamma": 10.0} and first["seed"] == 0
     searcher.on_trial_complete("t0", {"efficacy": 0.6, "utility": 0.8})
     second = searcher.suggest("t1")
     assert 1e-5 <= second["cell"]["params"]["lr"] <= 1e-3 and second["cell"]["params"]["gamma"] in (3.0, 10.0, 30.0)
