@@ -24,8 +24,8 @@ TINY_DEFAULT = {"lr": 1e-4, "epochs": 10}
 # lr each method needs to halve forget ROUGE-L while keeping retain ROUGE-L >= 80% of the target's. The ascent
 # methods sit on a cliff: GradDiff 5e-5 -> forget/retain ROUGE-L 0.59/0.90, 6e-5 -> 0.46/0.83, 7e-5 -> 0.11/0.56;
 # ICU 5e-5 -> 0.51/0.85, 5.5e-5 -> 0.48/0.81, 6e-5 -> 0.39/0.78; SOUL (Sophia on GradDiff) 3e-5 -> 0.58/0.89,
-# 3.5e-5 -> 0.32/0.84, 4e-5 -> 0.18/0.65. UnDIAL keeps its references' higher rate (1e-4: 0.35/0.81; 3e-4 cost retained people);
-# FILA's adapters, like any LoRA, need a higher rate than full fine-tuning.
+# 3.5e-5 -> 0.32/0.84, 4e-5 -> 0.18/0.65. UnDIAL keeps its references' higher rate (1e-4: 0.35/0.81; 3e-4 cost
+# retained people: 0.36/0.76); FILA's adapters, like any LoRA, need a higher rate than full fine-tuning.
 TINY_RECIPES: dict[str, dict[str, float]] = {
     "graddiff": {"lr": 6e-5},
     "icu": {"lr": 5.5e-5},
