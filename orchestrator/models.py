@@ -41,6 +41,14 @@ def tiny_llama(vocab_size: int, seed: int = 0, **overrides) -> LlamaForCausalLM:
     return LlamaForCausalLM(tiny_llama_config(vocab_size, **overrides))
 
 
+def quiet_progress_bars() -> None:
+    """No transformers / huggingface_hub progress bars in this process (a Ray Train worker): each bar of a weights
+    load or a checkpoint's save came back through Ray's log stream as one more line per worker and call."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """Load an HF causal LM from a local folder or hub id (`from_pretrained`).
 

@@ -405,6 +405,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     entered = time.time()  # wall clock, for the driver's view of Ray Train's start and finish
     job: TrainJob = config["job"]
     _quiet_ray_train_reports()
+    from orchestrator.models import quiet_progress_bars
+
+    quiet_progress_bars()
     if job.train.get("deepspeed"):
         import warnings
 

@@ -66,6 +66,9 @@ def stream_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     job: StreamJob = config["job"]
     _quiet_ray_train_reports()
+    from orchestrator.models import quiet_progress_bars
+
+    quiet_progress_bars()
     if job.train.get("threads"):
         torch.set_num_threads(job.train["threads"])
     context = ray.train.get_context()
