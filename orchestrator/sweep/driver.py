@@ -15,6 +15,7 @@ TensorBoard logs), `trials/<trial id>/` (each run's `summary.json` and report), 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,9 @@ def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str]
         from ray.tune.schedulers import ASHAScheduler
 
         a = sweep.asha
+        # Not every report carries the rung metric (the workers' checkpoint and final reports hold only the step):
+        # Tune would refuse those; ASHA itself passes over a result without its metric.
+        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
         scheduler = ASHAScheduler(time_attr="step", metric=a.metric, mode=a.mode, max_t=a.max_t,
                                   grace_period=a.grace_period, reduction_factor=a.reduction_factor)
     tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
