@@ -116,3 +116,13 @@ def test_two_runs_on_one_machine_each_use_their_own_ray(tmp_path):
         assert code == 0, f"{name} run failed:\n{text[-3000:]}"
         assert "using a private local Ray" in text
         assert (tmp_path / name / "summary.json").is_file()
+
+
+def test_a_private_rays_dashboard_stays_on_this_machine_unless_asked(monkeypatch):
+    from orchestrator.ray_session import private_dashboard_host
+
+    monkeypatch.delenv("RAY_UNLEARN_DASHBOARD_HOST", raising=False)
+    assert private_dashboard_host(None) == "127.0.0.1"
+    monkeypatch.setenv("RAY_UNLEARN_DASHBOARD_HOST", "0.0.0.0")
+    assert private_dashboard_host(None) == "0.0.0.0"
+    assert private_dashboard_host("10.0.0.5") == "10.0.0.5"  # the config's ray.dashboard_host wins
