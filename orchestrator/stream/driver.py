@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from orchestrator.config import ConfigError, ExperimentConfig
+from orchestrator.metrics import record_stream
 from orchestrator.stream.config import StreamConfig, StreamMethod
 from orchestrator.stream.ledger import LEDGER_FILE, Ledger
 from orchestrator.stream.policy import Waiting, next_batch
@@ -154,6 +155,7 @@ class MethodStream:
             return  # received before a restart: the ledger has it
         if isinstance(parsed, BadLine):
             ledger.quarantine(seq, parsed.id, parsed.reason, {"line": parsed.content_hash})
+            record_stream(self.config.name, self.method["name"], state="quarantined")
             self.progress(f"line {seq} quarantined: {parsed.reason}")
             return
         hashes = {e.id: example_hash(e) for e in examples}
@@ -167,6 +169,7 @@ class MethodStream:
             reason = None
         if reason is not None:
             ledger.quarantine(seq, parsed.id, reason, hashes)
+            record_stream(self.config.name, self.method["name"], request=parsed.id, state="quarantined")
             self.progress(f"{parsed.id} quarantined: {reason}")
             return
         method = resolved_method(parsed.method, self.config) if parsed.method is not None else None
@@ -383,6 +386,11 @@ class MethodStream:
                          "drift": drift, "train": result["train"]}
         ledger.finish_batch(result["batch"], result["state"], result["checkpoint"], per_request, batch_metrics,
                             timings, result["reason"])
+        # The Ray dashboard's view (orchestrator/metrics.py): ids, states and numbers, never a forget text.
+        waiting_now = len(ledger.requests("received"))
+        for w in in_flight["waiting"]:
+            record_stream(self.config.name, self.method["name"], request=w.request_id, state=result["state"],
+                          latency_s=per_request[w.seq]["latency_s"], drift=drift, queue_depth=waiting_now)
         ids = ", ".join(w.request_id for w in in_flight["waiting"])
         forget = [result["after"].get(w.seq) for w in in_flight["waiting"]]
         shown = "" if not forget or forget[0] is None else (

@@ -181,8 +181,11 @@ def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str]
                                   # and dies with, the trial's actor), so under ASHA actors are not reused.
                                   reuse_actors=sweep.asha is None,
                                   trial_dirname_creator=lambda trial: trial.trial_id)
+    from orchestrator.sweep.monitor import SweepMetricsCallback
+
     run_config = tune.RunConfig(name=name, storage_path=str(folder / TUNE_DIR), verbose=1,
-                                failure_config=tune.FailureConfig(max_failures=0))
+                                failure_config=tune.FailureConfig(max_failures=0),
+                                callbacks=[SweepMetricsCallback(name)])
     progress(f"study {name!r}: {', '.join(members)}, {sweep.search} search, {slots} trial(s) at once")
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 

@@ -89,3 +89,22 @@ def test_marginals_average_over_the_other_dimensions():
     rows = analysis.marginals(trials, "lr")
     assert [r["value"] for r in rows] == [1e-4, 3e-4]
     assert [r["score"] for r in rows] == pytest.approx([0.7, 0.3]) and [r["n"] for r in rows] == [2, 2]
+
+
+def test_sweep_metrics_callback_counts_trials_and_keeps_the_best():
+    """The dashboard's sweep figures: trials running / done / failed and the best score so far (Tune's callback
+    hooks, called as Tune calls them; without Ray the metrics themselves are a no-op)."""
+    from types import SimpleNamespace
+
+    from orchestrator.sweep.monitor import SweepMetricsCallback
+
+    monitor = SweepMetricsCallback("s")
+    a, b, c = (SimpleNamespace(trial_id=t) for t in "abc")
+    for trial in (a, b, c):
+        monitor.on_trial_start(0, [], trial)
+    monitor.on_trial_result(0, [], a, {"score": 0.4, "model_utility": 0.9})
+    monitor.on_trial_result(0, [], b, {"score": 0.7, "model_utility": 0.5, "forget_quality": float("nan")})
+    monitor.on_trial_complete(0, [], a)
+    monitor.on_trial_error(0, [], c)
+    assert (monitor.running, monitor.done, monitor.failed) == ({"b"}, {"a"}, {"c"})
+    assert monitor.best == {"score": 0.7, "model_utility": 0.9}
