@@ -27,6 +27,20 @@ def make_part(batch: int = 4, seq: int = 12, prompt_len: int = 4, vocab: int = V
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "index": index}
 
 
+@pytest.fixture(scope="module")
+def isolated_cache_and_ray(tmp_path_factory):
+    """A module's own tiny-model cache (RAY_UNLEARN_CACHE) and, after it, no Ray left running in this process:
+    for modules that run the real pipeline (`pytestmark = pytest.mark.usefixtures("isolated_cache_and_ray")`)."""
+    import ray
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_UNLEARN_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture
 def tiny_model():
     return tiny_llama(VOCAB, seed=0, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)

@@ -29,16 +29,6 @@ def small_config(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def isolated_cache_and_ray(tmp_path_factory):
-    import ray
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_UNLEARN_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 @pytest.mark.slow
@@ -105,3 +95,7 @@ def test_second_run_reuses_prepared_models_and_joins_running_ray(small_config, t
     assert result.timings["prepare"] < 30
     assert result.train["reference_cache"]["misses"] == result.forget_size
     assert result.train["reference_cache"]["hits"] == result.forget_size * (result.train["epochs_run"] - 1)
+
+
+# A cache of their own for these real-pipeline tests, and no Ray left behind (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated_cache_and_ray")

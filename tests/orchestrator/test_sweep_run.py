@@ -28,16 +28,6 @@ def small_sweep(folder: Path, methods: dict, max_concurrent: int) -> dict:
                       "output_dir": str(folder)}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def isolated_cache_and_ray(tmp_path_factory):
-    import ray
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_UNLEARN_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 def trial_points(folder: Path) -> dict[str, dict]:
@@ -150,3 +140,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
         assert (folder / "tune" / "all" / trial_id / "result.json").read_text() == results[trial_id]
     assert len(trial_points(folder)) == 3
     assert result.summary["timing"]["sessions"] == 2
+
+
+# A cache of their own for these real-pipeline tests, and no Ray left behind (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated_cache_and_ray")
