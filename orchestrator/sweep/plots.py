@@ -32,14 +32,8 @@ def tradeoff_scatter(trials: Sequence[dict[str, Any]], efficacy_key: str, effica
         ax.scatter(*zip(*pts), s=22, alpha=0.7, color=colour[m], label=m)
         front = sorted((pts[i] for i in pareto_front(pts)), key=lambda p: p[0])
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=colour[m], lw=1.2)
-    ax.set_xlabel(f"forget efficacy: {efficacy_label}")
-    ax.set_ylabel("utility (model utility / target's)")
-    ax.set_title("Trade-off per trial, with each method's Pareto front")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, f"forget efficacy: {efficacy_label}", "utility (model utility / target's)",
+            "Trade-off per trial, with each method's Pareto front")
 
 
 def expected_max_plot(curves: dict[str, list[float]], path: Path) -> None:
@@ -48,14 +42,8 @@ def expected_max_plot(curves: dict[str, list[float]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for m, curve in sorted(curves.items()):
         ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, color=colour[m], label=m)
-    ax.set_xlabel("trials drawn at random (without replacement)")
-    ax.set_ylabel("expected best trade-off score")
-    ax.set_title("Expected best trade-off vs budget")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, "trials drawn at random (without replacement)", "expected best trade-off score",
+            "Expected best trade-off vs budget")
 
 
 def marginals_plot(method: str, marginals: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -99,6 +87,18 @@ def heatmap(method: str, x: str, y: str, table: dict[tuple[Any, Any], float], pa
     ax.set_ylabel(y)
     ax.set_title(f"{method}: mean trade-off score")
     fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Label, grid and legend a line/scatter plot, then write it and free the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
