@@ -80,8 +80,6 @@ class StreamConfig(_Section):
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> "StreamConfig":
-        if self.source == "file" and not self.requests:
-            raise ValueError("stream.source 'file' needs stream.requests (a JSONL file)")
         if self.follow and self.source != "file":
             raise ValueError("stream.follow reads a file: set stream.source: file")
         if self.follow and len(self.methods) > 1:
@@ -91,3 +89,9 @@ class StreamConfig(_Section):
         if len(set(names)) != len(names):
             raise ValueError(f"stream.methods lists a method twice ({names}): each gets its own folder by name")
         return self
+
+    def check_runnable(self) -> None:
+        """What only the command line can still complete (`--requests`): checked when the stream starts, not when
+        the YAML loads, so that a config naming `source: file` may leave the file to the command line."""
+        if self.source == "file" and not self.requests:
+            raise ValueError("stream.source 'file' needs stream.requests (a JSONL file) or --requests")

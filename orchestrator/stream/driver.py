@@ -52,7 +52,9 @@ def stream_config(config: ExperimentConfig, requests: str | None = None, follow:
     if follow is not None:
         base["follow"] = follow
     try:
-        return StreamConfig(**base)
+        cfg = StreamConfig(**base)
+        cfg.check_runnable()
+        return cfg
     except ValueError as err:
         raise ConfigError(f"stream: {str(err).splitlines()[-1].strip()}") from None
 

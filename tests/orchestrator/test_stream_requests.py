@@ -94,7 +94,7 @@ def test_follow_reads_lines_appended_later_and_waits_for_a_half_written_line(tmp
 
 def test_the_stream_config_refuses_impossible_combinations():
     with pytest.raises(ValueError, match="needs stream.requests"):
-        StreamConfig(source="file")
+        StreamConfig(source="file").check_runnable()
     with pytest.raises(ValueError, match="reads a file"):
         StreamConfig(follow=True)
     with pytest.raises(ValueError, match="twice"):
@@ -145,3 +145,15 @@ def test_tofu_nested_splits_become_requests_for_the_new_authors(monkeypatch):
     assert requests[0].items == ("tofu-author-198", "tofu-author-199")
     assert requests[1].items == tuple(f"tofu-author-{a}" for a in range(190, 198))
     assert requests[2].items == tuple(f"tofu-author-{a}" for a in range(180, 190))
+
+
+def test_a_yaml_with_source_file_may_leave_the_requests_file_to_the_command_line(tmp_path):
+    from orchestrator.config import ConfigError, load_config
+    from orchestrator.stream.driver import stream_config
+
+    path = tmp_path / "stream.yaml"
+    path.write_text("name: s\nstream: {source: file, methods: [{name: ga}]}\n")
+    config = load_config(path)  # loads: --requests may still name the file
+    assert stream_config(config, requests="requests.jsonl").requests == "requests.jsonl"
+    with pytest.raises(ConfigError, match="needs stream.requests .* or --requests"):
+        stream_config(config)
