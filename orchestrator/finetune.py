@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from methods.numerics import IGNORE_INDEX, shift_for_next_token
 from orchestrator.data.tokenize import EncodedRow, collate
+from orchestrator.progress import Steps
 
 
 def finetune(
@@ -36,7 +37,8 @@ def finetune(
     """Train `model` in place with AdamW (linear warm-up 5%, linear decay) on the labelled tokens.
 
     Returns the epoch losses. `should_stop(epochs_done)`, called after each epoch, ends training early (the text
-    corpora's memorisation rule); the schedule still spans `epochs`, which is then a cap.
+    corpora's memorisation rule); the schedule still spans `epochs`, which is then a cap. `progress` gets a line
+    every eighth of the epochs (or, at a terminal, a bar over the steps takes their place: `orchestrator/progress.py`).
     """
     if not rows:
         raise ValueError(f"{label}: nothing to train on")
@@ -52,6 +54,7 @@ def finetune(
     model.train()
     losses: list[float] = []
     started = time.perf_counter()
+    steps = Steps(label, total, emit=progress, mode=None if progress else "off")
     for epoch in range(epochs):
         rng.shuffle(order)
         epoch_loss = 0.0
@@ -68,11 +71,16 @@ def finetune(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             epoch_loss += float(loss.detach())
+            steps.advance()
         losses.append(epoch_loss / steps_per_epoch)
-        if progress and (epoch + 1) % max(1, epochs // 8) == 0 or progress and epoch + 1 == epochs:
-            elapsed = time.perf_counter() - started
-            progress(f"{label}: epoch {epoch + 1}/{epochs} loss {losses[-1]:.3f} ({elapsed:.0f}s)")
-        if should_stop is not None and should_stop(epoch + 1):
+        steps.describe(f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.3f}")
+        if (epoch + 1) % max(1, epochs // 8) == 0 or epoch + 1 == epochs:
+            steps.line(f"{label}: epoch {epoch + 1}/{epochs} loss {losses[-1]:.3f} "
+                       f"({time.perf_counter() - started:.0f}s)")
+        with steps.paused():  # the memorisation rule prints its own line
+            stop = should_stop is not None and should_stop(epoch + 1)
+        if stop:
             break
+    steps.close()
     model.eval()
     return losses

@@ -17,6 +17,7 @@ from orchestrator.config import DataConfig, EvalConfig, ExperimentConfig
 from orchestrator.data.schema import Example, UnlearningData
 from orchestrator.data.tokenize import PromptTemplate, encode
 from orchestrator.evaluation import EvalReport, EvalSettings, evaluate_model
+from orchestrator.progress import Steps
 
 Progress = Callable[[str], None]
 REPORT_FILE = "report.json"
@@ -93,11 +94,13 @@ def encode_rows(tokenizer, examples: tuple[Example, ...] | list[Example], templa
 
 
 def evaluate_dir(model_dir: str | Path, tokenizer, data: UnlearningData, template: PromptTemplate,
-                 settings: EvalSettings, retain_reference: EvalReport | None = None) -> EvalReport:
+                 settings: EvalSettings, retain_reference: EvalReport | None = None,
+                 progress: Steps | None = None) -> EvalReport:
     from orchestrator.models import load_causal_lm
 
     model = load_causal_lm(model_dir)
-    return evaluate_model(model, tokenizer, data, template, settings, retain_reference=retain_reference)
+    return evaluate_model(model, tokenizer, data, template, settings, retain_reference=retain_reference,
+                          progress=progress)
 
 
 def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progress: Progress = print,
@@ -143,8 +146,10 @@ def _cached_report(cache: ArtifactCache, kind: str, model_dir: str, eval_spec: d
             "reference": None if retain_reference is None else retain_reference.summary.get("forget_truth_ratio")}
 
     def build(folder: Path) -> None:
-        progress(f"evaluating the {kind.removesuffix('-report')} model")
-        report = evaluate_dir(model_dir, tokenizer, data, template, settings, retain_reference)
+        role = kind.removesuffix("-report")
+        progress(f"evaluating the {role} model")
+        report = evaluate_dir(model_dir, tokenizer, data, template, settings, retain_reference,
+                              progress=Steps(f"{role} model evaluation", unit="example", emit=progress))
         (folder / REPORT_FILE).write_text(json.dumps(report.to_dict()))
 
     folder, _ = cache.get_or_build(content_key(kind, spec), build, spec)

@@ -32,12 +32,14 @@ import methods
 from methods import ForgetSample, UnlearningMethod
 from orchestrator.batching import UnlearningBatches, UnlearningRows, with_global_denominators
 from orchestrator.engine import TorchStepEngine, linear_schedule
+from orchestrator.progress import Steps, progress_mode
 
 if TYPE_CHECKING:
     from orchestrator.worker_evaluation import EvaluationJob
 
 TRAIN_STATE = "train_state.pt"
 EXPORT_DIR = "model"
+HEARTBEAT_S = 60.0  # lines mode: one line per epoch, and within a long epoch at most one a minute
 
 
 @dataclass
@@ -57,6 +59,9 @@ class TrainJob:
     model_dir: str | None = None  # where rank 0 writes the unlearned model (the run's `model/`)
     tokenizer_dir: str | None = None  # saved beside the model, so that the folder loads on its own
     evaluation: EvaluationJob | None = None  # evaluate the unlearned model on the workers; None: no evaluation
+    # How rank 0 shows its progress (`orchestrator/progress.py`): decided where the job is built (the driver, whose
+    # terminal the bars reach), since a worker's own stdout is never a terminal.
+    progress: str = field(default_factory=progress_mode)
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
@@ -202,15 +207,19 @@ class UnlearningWorker:
     # --- train --------------------------------------------------------------------------------------------
     def train(self) -> None:
         epochs, log_every = self.cfg["epochs"], self.cfg["log_every"]
-        started = time.perf_counter()
+        started = last_line = time.perf_counter()
+        shown = Steps(f"unlearn {self.job.method_name}", initial=self.global_step, on_worker=True,
+                      mode=self.job.progress if self.rank == 0 else "off", emit=lambda m: print(m, flush=True))
         while self.epoch < epochs:
             steps = self.batches.steps_per_epoch()  # ICU's refinement shrinks the forget set between epochs
+            shown.set_total(self.global_step + steps * (epochs - self.epoch))
             window: list[dict[str, float]] = []
             for step_in_epoch, batch in enumerate(self.batches.epoch(self.epoch)):
                 batch = {name: self._to_device(part) for name, part in batch.items()}
                 batch = with_global_denominators(batch, self.world_size)  # means over the global batch
                 logs = self.method.training_step(self.engine.model, batch, self.engine)
                 self.global_step += 1
+                shown.advance()
                 _fault_injection(self.cfg, self.rank, self.global_step)
                 window.append(logs)
                 if self.global_step % log_every == 0 or step_in_epoch + 1 == steps:
@@ -219,9 +228,12 @@ class UnlearningWorker:
                                    lr=self.engine.optimizer.param_groups[0]["lr"],
                                    forget_size=len(self.batches.rows.forget))
                     self.history.append(metrics)
-                    if self.rank == 0:
-                        print(f"[unlearn] epoch {self.epoch + 1}/{epochs} step {step_in_epoch + 1}/{steps} "
-                              f"loss {metrics['loss']:.4f} ({time.perf_counter() - started:.0f}s)", flush=True)
+                    shown.describe(f"epoch {self.epoch + 1}/{epochs} loss {metrics['loss']:.4f}")
+                    now = time.perf_counter()
+                    if step_in_epoch + 1 == steps or now - last_line >= HEARTBEAT_S:
+                        shown.line(f"[unlearn] epoch {self.epoch + 1}/{epochs} step {step_in_epoch + 1}/{steps} "
+                                   f"loss {metrics['loss']:.4f} ({now - started:.0f}s)")
+                        last_line = now
                     window = []
                     if self.report_progress:
                         _report(metrics)
@@ -232,6 +244,7 @@ class UnlearningWorker:
             every = self.cfg["checkpoint_every_epochs"] or (1 if self.cfg["max_failures"] else 0)
             if every and self.epoch % every == 0 and self.epoch < epochs:
                 self._checkpoint()
+        shown.close()
 
     def _refine_forget_set(self) -> bool:
         """Let the method shrink the forget set (ICU); True when nothing is left to forget."""
@@ -296,7 +309,8 @@ class UnlearningWorker:
         from orchestrator.worker_evaluation import evaluate_where_trained
 
         partitioned = self.ds_config is not None and self.engine.stage == 3
-        return evaluate_where_trained(self.model, self.job.evaluation, self.rank, self.world_size, partitioned)
+        return evaluate_where_trained(self.model, self.job.evaluation, self.rank, self.world_size, partitioned,
+                                      progress=self.job.progress)
 
     def finish(self, timings: dict[str, float], evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
         """Every rank's last report; rank 0 returns the run's summary (the train function's return value)."""

@@ -49,18 +49,22 @@ class EvaluationJob:
 
 
 def evaluate_where_trained(model: "torch.nn.Module", job: EvaluationJob, rank: int, world_size: int,
-                           partitioned: bool) -> dict[str, Any] | None:
+                           partitioned: bool, progress: str = "off") -> dict[str, Any] | None:
     """The `EvalReport` of the trained `model` as a dict on rank 0, None on the other ranks.
 
     `partitioned`: the parameters are sharded across the ranks (ZeRO-3), so every rank must evaluate.
+    `progress`: how rank 0 shows the evaluation (`orchestrator/progress.py`: a bar, one line at the end, nothing).
     """
     if rank != 0 and not partitioned:
         return None
     from orchestrator.evaluation import EvalReport, EvalSettings, evaluate_model
     from orchestrator.prepare import load_tokenizer
+    from orchestrator.progress import Steps
 
     settings = EvalSettings(**{**job.settings, "synced_generation": partitioned and world_size > 1})
     reference = EvalReport.from_dict(job.retain_reference) if job.retain_reference is not None else None
+    shown = Steps("evaluation", unit="example", on_worker=True, mode=progress if rank == 0 else "off",
+                  emit=lambda m: print(f"[unlearn] {m}", flush=True))
     report = evaluate_model(model, load_tokenizer(job.tokenizer_dir), job.data, job.template, settings,
-                            retain_reference=reference)
+                            retain_reference=reference, progress=shown)
     return report.to_dict() if rank == 0 else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from orchestrator.evaluation import fluency, memorisation, mia, realism, tofu
 from orchestrator.evaluation.generation import generate_answers
 from orchestrator.evaluation.likelihood import score_alternatives, score_answers
 from orchestrator.evaluation.rouge import rouge_l
+
+if TYPE_CHECKING:
+    from orchestrator.progress import Steps
 
 SPLITS = ("forget", "retain", "neighbour", "holdout", "world")
 # The attack behind `summary["mia_auc"]` and `summary["privacy_leakage"]`: Min-K%++ is the strongest
@@ -116,10 +119,12 @@ def evaluate_model(
     template: PromptTemplate,
     settings: EvalSettings = EvalSettings(),
     retain_reference: EvalReport | None = None,
+    progress: Steps | None = None,
 ) -> EvalReport:
     """Every metric of the project on one model. Pass the retain model's report for forget quality and PrivLeak.
 
-    The model is put in eval mode and given back in the mode it came in.
+    The model is put in eval mode and given back in the mode it came in. `progress` counts the examples of each of
+    the three passes per split, and is closed with a one-line summary.
     """
     started = time.perf_counter()
     was_training = model.training
@@ -128,15 +133,21 @@ def evaluate_model(
     splits: dict[str, SplitMetrics] = {}
     truth_ratios: dict[str, np.ndarray] = {}
     attack: dict[str, dict[str, np.ndarray]] = {}
+    chosen = {}
+    for name in SPLITS:
+        cap = settings.max_forget_examples if name == "forget" else settings.max_examples
+        chosen[name] = subsample(getattr(data, name), cap, settings.seed)
+    chosen = {name: examples for name, examples in chosen.items() if examples}
+    if progress is not None:
+        progress.set_total(3 * sum(len(examples) for examples in chosen.values()))
     try:
-        for name in SPLITS:
-            cap = settings.max_forget_examples if name == "forget" else settings.max_examples
-            examples = subsample(getattr(data, name), cap, settings.seed)
-            if not examples:
-                continue
+        for name, examples in chosen.items():
             t0 = time.perf_counter()
+            if progress is not None:
+                progress.describe(name)
             splits[name], truth_ratios[name], attack[name] = _evaluate_split(
-                model, tokenizer, examples, template, settings, forget=name == "forget"
+                model, tokenizer, examples, template, settings, forget=name == "forget",
+                passed=progress.advance if progress is not None else None,
             )
             timings[name] = time.perf_counter() - t0
     finally:
@@ -158,6 +169,10 @@ def evaluate_model(
         quality = tofu.forget_quality(np.array(forget_ratios), np.array(retain_reference.forget_truth_ratios))
     timings["total"] = time.perf_counter() - started
     summary = _summary(splits, mia_auc, leak, quality)
+    if progress is not None:
+        progress.close(f"{len(chosen)} splits, {sum(map(len, chosen.values()))} examples in {timings['total']:.0f}s"
+                       f" (forget ROUGE-L {_shown(summary['forget_rouge_l'])}, "
+                       f"model utility {_shown(summary['model_utility'])})")
     report = EvalReport(splits, forget_ratios, mia_auc, leak, summary, asdict(settings), timings)
     return EvalReport.from_dict(report.to_dict())  # one canonical form: NaN -> None, numpy -> float
 
@@ -181,16 +196,22 @@ def _evaluate_split(
     template: PromptTemplate,
     settings: EvalSettings,
     forget: bool,
+    passed: Callable[[int], None] | None = None,
 ) -> tuple[SplitMetrics, np.ndarray, dict[str, np.ndarray]]:
-    """One split's metrics, its per-example truth ratios, and its per-example MIA scores."""
+    """One split's metrics, its per-example truth ratios, and its per-example MIA scores.
+
+    `passed(len(examples))` is called after each of the three passes (answers, alternatives, generation)."""
+    passed = passed or (lambda n: None)
     common = dict(batch_size=settings.batch_size, max_length=settings.max_length)
     main = score_answers(model, tokenizer, examples, template, details=True, **common)
+    passed(len(examples))
     # The truth ratio's denominator is the paraphrase where there is one (TOFU forget/retain) and the answer itself
     # otherwise (TOFU's real-world sets); its numerator the perturbed answers.
     alternatives = [
         ([ex.paraphrased_answer] if ex.paraphrased_answer else []) + list(ex.perturbed_answers) for ex in examples
     ]
     alt_scores = score_alternatives(model, tokenizer, examples, template, alternatives, **common)
+    passed(len(examples))
     correct = main.mean_logprob.copy()
     perturbed = []
     for i, ex in enumerate(examples):
@@ -205,6 +226,7 @@ def _evaluate_split(
         model, tokenizer, examples, template, max_new_tokens=settings.max_new_tokens,
         synced=settings.synced_generation, **common
     )
+    passed(len(examples))
     rouge = rouge_l(generations.texts, generations.references)
     kinds = [ex.kind for ex in examples]
 
@@ -277,6 +299,10 @@ def _summary(
         # The realism figure of the model itself: forget and retain answers, as the target met them.
         "alt_mass_top10": _mean_present(get("forget", "alt_mass_top10"), get("retain", "alt_mass_top10")),
     }
+
+
+def _shown(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _mean_present(*values: float | None) -> float | None:

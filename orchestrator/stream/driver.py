@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator
 
 from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.metrics import record_stream
+from orchestrator.progress import LiveTable, progress_mode
+from orchestrator.stream.board import StreamBoard
 from orchestrator.stream.config import StreamConfig, StreamMethod
 from orchestrator.stream.ledger import LEDGER_FILE, Ledger
 from orchestrator.stream.policy import Waiting, next_batch
@@ -117,6 +119,8 @@ class MethodStream:
         self.examples: dict[int, list] = {}  # seq -> the request's examples (forget texts stay in memory only)
         self.error: BaseException | None = None
         self.fit_done = threading.Event()
+        self.board = StreamBoard(config.name, method.name)  # the live table, at a terminal
+        self.mode = progress_mode()
 
     # --- the source -----------------------------------------------------------------------------------------
     def _source(self, stop: threading.Event) -> Iterator[tuple[int, UnlearningRequest | BadLine]]:
@@ -158,6 +162,7 @@ class MethodStream:
         if isinstance(parsed, BadLine):
             ledger.quarantine(seq, parsed.id, parsed.reason, {"line": parsed.content_hash})
             record_stream(self.config.name, self.method["name"], state="quarantined")
+            self.board.record("quarantined")
             self.progress(f"line {seq} quarantined: {parsed.reason}")
             return
         hashes = {e.id: example_hash(e) for e in examples}
@@ -172,6 +177,7 @@ class MethodStream:
         if reason is not None:
             ledger.quarantine(seq, parsed.id, reason, hashes)
             record_stream(self.config.name, self.method["name"], request=parsed.id, state="quarantined")
+            self.board.record("quarantined")
             self.progress(f"{parsed.id} quarantined: {reason}")
             return
         method = resolved_method(parsed.method, self.config) if parsed.method is not None else None
@@ -188,6 +194,7 @@ class MethodStream:
                 self.progress(f"resuming: batch(es) {abandoned} were running when the stream stopped; their "
                               "requests are applied again from the last applied checkpoint")
             self.last_seq_at_start = ledger.last_seq()
+            self.board.count_from(ledger)
             if ledger.get_meta("started_at") is None:
                 ledger.set_meta("started_at", time.time())
                 ledger.set_meta("method", self.method)
@@ -204,7 +211,8 @@ class MethodStream:
             trainer = self._trainer(job)
             loop.start()
             try:
-                trainer.fit()
+                with LiveTable(self.board.table, self.mode):
+                    trainer.fit()
             except Exception as err:
                 self.fit_done.set()
                 loop.join(timeout=30)
@@ -282,7 +290,9 @@ class MethodStream:
         reader = threading.Thread(target=self._read, args=(incoming, stop), daemon=True)
         reader.start()
         source_done = False
-        started_wall = ledger.get_meta("started_at")
+        # Realtime arrivals count from the moment the model is first served (the original model evaluated), not
+        # from the process start: a replayed stream asks how the service keeps up, not how long it took to boot.
+        started_wall = ledger.get_meta("serving_since")
         due: dict[int, float] = {}  # seq -> wall time it became due
         in_flight: dict[str, Any] | None = None
         baseline_known = ledger.get_meta("baseline") is not None
@@ -304,7 +314,9 @@ class MethodStream:
                     else:
                         seq, parsed = item
                         self._receive(ledger, seq, parsed)
-                        for row in ledger.requests("received"):
+                        received = ledger.requests("received")
+                        self.board.queued = len(received)
+                        for row in received:
                             due.setdefault(row.seq, self._due_time(row.arrival, row.received_at, started_wall))
                 if in_flight is not None or not baseline_known:
                     try:
@@ -314,6 +326,11 @@ class MethodStream:
                     if message is not None and message["kind"] == "baseline":
                         ledger.set_meta("baseline", message["utility"])
                         baseline_known = True
+                        if started_wall is None:
+                            started_wall = time.time()
+                            ledger.set_meta("serving_since", started_wall)
+                            due = {row.seq: self._due_time(row.arrival, row.received_at, started_wall)
+                                   for row in ledger.requests("received")}
                         self.progress(f"original model: utility {message['utility']['model_utility']:.4f}")
                     elif message is not None:
                         self._record(ledger, in_flight, message)
@@ -338,9 +355,9 @@ class MethodStream:
         finally:
             stop.set()
 
-    def _due_time(self, arrival: float | None, received_at: float | None, started_wall: float) -> float:
-        if self.cfg.pace == "realtime":
-            return started_wall + (arrival or 0.0)
+    def _due_time(self, arrival: float | None, received_at: float | None, started_wall: float | None) -> float:
+        if self.cfg.pace == "realtime":  # not yet served: nothing is due (the dues are set when it is)
+            return float("inf") if started_wall is None else started_wall + (arrival or 0.0)
         return received_at or time.time()
 
     def _waiting(self, ledger: Ledger, due: dict[int, float]) -> list[Waiting]:
@@ -365,6 +382,7 @@ class MethodStream:
                    "excluded_ids": excluded}
         dispatched = time.time()
         feed.put(message)
+        self.board.queued, self.board.running = len(ledger.requests("received")), len(batch)
         return {"batch": number, "waiting": batch, "dispatched_at": dispatched}
 
     def _record(self, ledger: Ledger, in_flight: dict[str, Any], result: dict[str, Any]) -> None:
@@ -393,6 +411,10 @@ class MethodStream:
         for w in in_flight["waiting"]:
             record_stream(self.config.name, self.method["name"], request=w.request_id, state=result["state"],
                           latency_s=per_request[w.seq]["latency_s"], drift=drift, queue_depth=waiting_now)
+            self.board.record(result["state"], per_request[w.seq]["latency_s"], drift)
+        self.board.queued, self.board.running = waiting_now, 0
+        if self.mode == "off" and result["state"] == "applied":
+            return  # off: only the requests that went wrong get their line
         ids = ", ".join(w.request_id for w in in_flight["waiting"])
         forget = [result["after"].get(w.seq) for w in in_flight["waiting"]]
         shown = "" if not forget or forget[0] is None else (

@@ -141,8 +141,9 @@ def _apply_batch(job: StreamJob, model: torch.nn.Module, tokenizer, settings, me
              "checkpoint_every_epochs": None}
     rows = request_rows(tokenizer, method["name"], method["hparams"], forget, job.data, excluded, job.template,
                         job.max_length)
+    # progress "off": the stream's driver shows one line (and a live table) per request, not the request's epochs.
     train_job = TrainJob(target_dir=job.base_dir, method_name=method["name"], method_hparams=method["hparams"],
-                         train=train, rows=rows, pad_token_id=job.pad_token_id, dtype=job.dtype)
+                         train=train, rows=rows, pad_token_id=job.pad_token_id, dtype=job.dtype, progress="off")
     torch.manual_seed(train["seed"])
     reference = None
     if methods.needs_reference(method["name"], method["hparams"]):

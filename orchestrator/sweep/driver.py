@@ -113,7 +113,9 @@ def resume_sweep(folder: str | Path, progress: Progress = print) -> SweepResult:
 
 def _run(config: ExperimentConfig, folder: Path, resume: bool, progress: Progress) -> SweepResult:
     from orchestrator.prepare import prepare
+    from orchestrator.progress import LiveTable, progress_mode
     from orchestrator.ray_session import connect_ray
+    from orchestrator.sweep.monitor import SweepBoard, watch
     from orchestrator.sweep.report import write_sweep_report
 
     assert config.sweep is not None
@@ -122,13 +124,18 @@ def _run(config: ExperimentConfig, folder: Path, resume: bool, progress: Progres
     prepared = prepare(config, progress=progress)  # once, here: every trial starts from the warm result
     defaults = {m: train_defaults(config, m) for m in sweep.methods}
     slots = max_concurrent(config)
+    mode = progress_mode()
     started = time.perf_counter()
     grids = []
     try:
         for name, members in studies(sweep):
-            tuner = _tuner(config, folder, name, members, defaults, slots, prepared, resume, progress)
+            tuner, total = _tuner(config, folder, name, members, defaults, slots, prepared, resume, progress)
             study_started = time.perf_counter()
-            grids.append(tuner.fit())
+            # Tune's own reporter is silent (`verbose=0`): this table (at a terminal) and one line per finished
+            # trial (`orchestrator/sweep/monitor.py`) take its place.
+            board = SweepBoard(name, total)
+            with watch(board, progress if mode != "off" else None), LiveTable(board.table, mode):
+                grids.append(tuner.fit())
             progress(f"study {name!r}: {len(grids[-1])} trials in {time.perf_counter() - study_started:.0f} s")
     finally:  # an interrupted session's time counts too: the sweep's wall time is the sum over its sessions
         sessions = _record_session(folder, time.perf_counter() - started, slots, resume)
@@ -139,6 +146,7 @@ def _run(config: ExperimentConfig, folder: Path, resume: bool, progress: Progres
 
 def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str], defaults: dict[str, Any],
            slots: int, prepared, resume: bool, progress: Progress):
+    """The study's `Tuner` (restored when resuming) and the number of trials it runs."""
     from ray import tune
 
     sweep = config.sweep
@@ -148,11 +156,15 @@ def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str]
                              prepared=prepared),
         TRIAL_DRIVER_RESOURCES)
     path = folder / TUNE_DIR / name
+    optuna = sweep.search == "optuna"
+    cells = [] if optuna else [c for m in members for c in space.method_cells(sweep, m, defaults[m])]
+    total = sweep.num_samples * len(sweep.seeds) if optuna else (
+        len(cells) * len(sweep.seeds) * (sweep.num_samples if sweep.search == "grid" else 1))
     if resume and tune.Tuner.can_restore(str(path)):
         progress(f"restoring study {name!r} from {path}")
-        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True), total
     scheduler = search_alg = None
-    if sweep.search == "optuna":
+    if optuna:
         from ray.tune.search.optuna import OptunaSearch
 
         (method,) = members
@@ -162,7 +174,6 @@ def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str]
                                   seed=0)
         num_samples = sweep.num_samples * len(sweep.seeds)
     else:
-        cells = [c for m in members for c in space.method_cells(sweep, m, defaults[m])]
         param_space = {"cell": tune.grid_search(cells), "seed": tune.grid_search(list(sweep.seeds))}
         num_samples = sweep.num_samples if sweep.search == "grid" else 1
     if sweep.asha is not None:
@@ -183,11 +194,11 @@ def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str]
                                   trial_dirname_creator=lambda trial: trial.trial_id)
     from orchestrator.sweep.monitor import SweepMetricsCallback
 
-    run_config = tune.RunConfig(name=name, storage_path=str(folder / TUNE_DIR), verbose=1,
+    run_config = tune.RunConfig(name=name, storage_path=str(folder / TUNE_DIR), verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=0),
                                 callbacks=[SweepMetricsCallback(name)])
     progress(f"study {name!r}: {', '.join(members)}, {sweep.search} search, {slots} trial(s) at once")
-    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config), total
 
 
 def _trial_record(result) -> dict[str, Any]:

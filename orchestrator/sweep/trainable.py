@@ -14,12 +14,13 @@ controller (0 CPUs) while the workers hold the CPUs; so the number of trials at 
 
 from __future__ import annotations
 
+import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config import ExperimentConfig
+from orchestrator.progress import MODE_ENV
 from orchestrator.sweep.analysis import trial_metrics
 from orchestrator.sweep.space import trial_overrides
 
@@ -53,12 +54,12 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, p
 
     trial_id = ray.tune.get_context().get_trial_id()
     experiment = trial_config(parse_config(base, source="sweep"), config["cell"], config["seed"], sweep_dir, trial_id)
-
-    def progress(message: str) -> None:
-        print(f"[trial {trial_id}] {message}", file=sys.stderr, flush=True)
-
+    # The trial's own story (its Ray session, its epochs and evaluation, on the workers too: the `TrainJob` takes its
+    # progress mode from here) would be told once per trial, interleaved: the sweep's driver shows one line and a
+    # table per study instead (`monitor.py`). Errors still reach Tune.
+    os.environ[MODE_ENV] = "off"
     result = run_unlearning(experiment, prepared=prepared, run_name=f"trial-{trial_id}",
-                            callbacks=[TuneReportCallback()], progress=progress)
+                            callbacks=[TuneReportCallback()], progress=lambda message: None)
     if not base["sweep"]["keep_models"]:
         shutil.rmtree(result.model_dir, ignore_errors=True)
     timings = {k: result.timings.get(k) for k in TIMING_KEYS}
