@@ -180,7 +180,8 @@ def _apply_batch(job: StreamJob, model: torch.nn.Module, tokenizer, settings, me
             floor = job.utility_floor * (job.baseline_utility or 0.0)
             value = utility.get("model_utility")
             if value is None or not math.isfinite(value) or value < floor:
-                state, reason = "rolled_back", f"model utility {value} below the floor {floor:.4f}"
+                shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+                state, reason = "rolled_back", f"model utility {shown} below the floor {floor:.4f}"
     t4 = time.perf_counter()
     if world_size > 1:
         import torch.distributed as dist
