@@ -250,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     args = build_parser().parse_args(argv)
     try:
+        from orchestrator.progress import progress_mode
+
+        progress_mode()  # a bad RAY_UNLEARN_PROGRESS answers now, not after Ray and the models are up
         return args.func(args)
     except Exception as err:
         if not _is_user_error(err):

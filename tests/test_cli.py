@@ -62,3 +62,10 @@ def test_no_command_is_a_usage_error():
     with pytest.raises(SystemExit) as err:
         main([])
     assert err.value.code == 2
+
+
+def test_a_bad_progress_mode_answers_before_any_work(capsys, monkeypatch):
+    monkeypatch.setenv("RAY_UNLEARN_PROGRESS", "fancy")
+    code, _, err = run_cli(capsys, "run")
+    assert code == 2
+    assert err.strip() == "unlearn: error: RAY_UNLEARN_PROGRESS='fancy': expected one of bars, lines, off"
