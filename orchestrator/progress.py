@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Mapping
 
+from orchestrator.metrics import finite_number
+
 MODE_ENV = "RAY_UNLEARN_PROGRESS"
 MODES = ("bars", "lines", "off")
 REFRESH_PER_SECOND = 2
@@ -35,13 +37,17 @@ def progress_mode(environ: Mapping[str, str] | None = None, streams: tuple[Any, 
     environ = os.environ if environ is None else environ
     value = environ.get(MODE_ENV, "").strip().lower()
     if value:
-        if value not in MODES:
-            raise ValueError(f"{MODE_ENV}={value!r}: expected one of {', '.join(MODES)}")
-        return value
+        return _checked(value, MODE_ENV)
     # Both: results go to stdout and progress to stderr, and either redirected to a file would catch the bars.
     streams = (sys.stdout, sys.stderr) if streams is None else streams
     interactive = all(_isatty(s) for s in streams) and environ.get("TERM") != "dumb"
     return "bars" if interactive else "lines"
+
+
+def _checked(mode: str, where: str = "progress mode") -> str:
+    if mode not in MODES:
+        raise ValueError(f"{where}={mode!r}: expected one of {', '.join(MODES)}")
+    return mode
 
 
 def _isatty(stream: Any) -> bool:
@@ -62,9 +68,7 @@ class Steps:
     def __init__(self, label: str, total: int | None = None, *, unit: str = "step", initial: int = 0,
                  mode: str | None = None, emit: Emit | None = None, on_worker: bool = False) -> None:
         self.label, self.emit = label, emit
-        self.mode = mode or progress_mode()
-        if self.mode not in MODES:
-            raise ValueError(f"progress mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        self.mode = _checked(mode) if mode else progress_mode()
         self.on_worker = on_worker
         self.n = initial
         self.started = time.perf_counter()
@@ -186,6 +190,11 @@ def render_text(renderable: Any, width: int = 100) -> str:
     buffer = io.StringIO()
     Console(file=buffer, force_terminal=True, width=width).print(renderable)
     return buffer.getvalue()
+
+
+def figure(value: Any) -> str:
+    """A metric for a table cell or a line: `0.418`, or `-` when there is none (None, NaN, infinite)."""
+    return f"{value:.3f}" if finite_number(value) else "-"
 
 
 def seconds(value: float | None) -> str:

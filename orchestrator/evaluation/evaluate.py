@@ -23,6 +23,7 @@ from orchestrator.evaluation import fluency, memorisation, mia, realism, tofu
 from orchestrator.evaluation.generation import generate_answers
 from orchestrator.evaluation.likelihood import score_alternatives, score_answers
 from orchestrator.evaluation.rouge import rouge_l
+from orchestrator.progress import figure
 
 if TYPE_CHECKING:
     from orchestrator.progress import Steps
@@ -171,8 +172,8 @@ def evaluate_model(
     summary = _summary(splits, mia_auc, leak, quality)
     if progress is not None:
         progress.close(f"{len(chosen)} splits, {sum(map(len, chosen.values()))} examples in {timings['total']:.0f}s"
-                       f" (forget ROUGE-L {_shown(summary['forget_rouge_l'])}, "
-                       f"model utility {_shown(summary['model_utility'])})")
+                       f" (forget ROUGE-L {figure(summary['forget_rouge_l'])}, "
+                       f"model utility {figure(summary['model_utility'])})")
     report = EvalReport(splits, forget_ratios, mia_auc, leak, summary, asdict(settings), timings)
     return EvalReport.from_dict(report.to_dict())  # one canonical form: NaN -> None, numpy -> float
 
@@ -299,10 +300,6 @@ def _summary(
         # The realism figure of the model itself: forget and retain answers, as the target met them.
         "alt_mass_top10": _mean_present(get("forget", "alt_mass_top10"), get("retain", "alt_mass_top10")),
     }
-
-
-def _shown(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def _mean_present(*values: float | None) -> float | None:

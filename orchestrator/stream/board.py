@@ -3,7 +3,6 @@ queue, the latency of the last request and the median so far, and the drift of m
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +40,7 @@ class StreamBoard:
 
     def table(self):
         from orchestrator.progress import facts_table, seconds
+        from orchestrator.stream.drift import percentile
 
         latencies, c = list(self.latencies), self.counts
         return facts_table(f"stream {self.stream!r}, method {self.method}", [
@@ -48,6 +48,6 @@ class StreamBoard:
                          f"{c['quarantined']} quarantined"),
             ("waiting", f"{self.queued} queued · {self.running} running"),
             ("latency", f"last {seconds(latencies[-1]) if latencies else '-'} · p50 "
-                        f"{seconds(statistics.median(latencies)) if latencies else '-'}"),
+                        f"{seconds(percentile(latencies, 50)) if latencies else '-'}"),
             ("drift", "-" if self.drift is None else f"{self.drift:+.4f} (model utility against the original's)"),
             ("elapsed", seconds(time.monotonic() - self.started))])

@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterator
 
 from ray import tune
 
-from orchestrator.metrics import record_sweep
-from orchestrator.progress import facts_table, seconds
+from orchestrator.metrics import finite_number, record_sweep
+from orchestrator.progress import facts_table, figure, seconds
 
 
 @dataclass
@@ -39,7 +39,7 @@ class SweepBoard:
         for trial in trials:
             result = getattr(trial, "last_result", None) or {}
             score = result.get("score")
-            if _finite(score) and (self.best is None or score > self.best["score"]):
+            if finite_number(score) and (self.best is None or score > self.best["score"]):
                 self.best = {"score": float(score), "efficacy": result.get("rouge_efficacy"),
                              "utility": result.get("utility"), "trial": trial_label(trial)}
 
@@ -49,8 +49,8 @@ class SweepBoard:
         return facts_table(f"sweep study {self.study!r}", [
             ("trials", f"{self.done}{total} done · {self.running} running · {self.failed} failed · "
                        f"{self.pending} pending"),
-            ("best", "-" if best is None else f"{best['score']:.3f} (efficacy {_number(best['efficacy'])}, utility "
-                                              f"{_number(best['utility'])}): {best['trial']}"),
+            ("best", "-" if best is None else f"{best['score']:.3f} (efficacy {figure(best['efficacy'])}, utility "
+                                              f"{figure(best['utility'])}): {best['trial']}"),
             ("elapsed", seconds(time.monotonic() - self.started))])
 
 
@@ -96,7 +96,7 @@ class SweepMetricsCallback(tune.Callback):
         changed = False
         for key in ("score", "forget_quality", "model_utility"):
             value = result.get(key)
-            if isinstance(value, (int, float)) and value == value and value > self.best.get(key, float("-inf")):
+            if finite_number(value) and value > self.best.get(key, float("-inf")):
                 self.best[key] = float(value)
                 changed = True
         if changed:
@@ -142,18 +142,10 @@ def trial_line(trial: Any, failure: str | None, done: int, failed: int, total: i
     result = getattr(trial, "last_result", None) or {}
     if failure is not None:
         outcome = failure
-    elif _finite(result.get("score")):
-        outcome = (f"score {result['score']:.3f} (efficacy {_number(result.get('rouge_efficacy'))}, utility "
-                   f"{_number(result.get('utility'))}) in {seconds(result.get('seconds'))}")
+    elif finite_number(result.get("score")):
+        outcome = (f"score {result['score']:.3f} (efficacy {figure(result.get('rouge_efficacy'))}, utility "
+                   f"{figure(result.get('utility'))}) in {seconds(result.get('seconds'))}")
     else:  # no final report: ASHA stopped it
         outcome = f"stopped early at step {result.get('step', '?')}"
     count = f"{done}{f'/{total}' if total else ''} done" + (f", {failed} failed" if failed else "")
-    return f"trial {trial_label(trial)}: {outcome}; {count}, best {_number(best)}"
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
-
-
-def _number(value: Any) -> str:
-    return f"{value:.3f}" if _finite(value) else "-"
+    return f"trial {trial_label(trial)}: {outcome}; {count}, best {figure(best)}"
