@@ -8,6 +8,10 @@ model loading, checkpoints, the report), with its share of the wall time. The fi
 the target and retain models, and it is the first to import everything); the later ones are warm.
 
     python benchmarks/overhead.py [CONFIG] [--calls 3] [--output runs/overhead] [--set key=value] [--small]
+                                  [--resident]
+
+`--resident` serves every call from one resident Ray Train worker group (`orchestrator/resident.py`): the first
+call starts it, the later ones find it running.
 
 `--small` shrinks the problem (tiny model, 20 people, one epoch, small evaluation) so that the script itself can be
 checked in seconds; its figures are dominated by overhead by construction and say nothing about the default.
@@ -43,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--small", action="store_true", help="a tiny problem, to check the script quickly")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--resident", action="store_true",
+                        help="serve every call from one resident Ray Train worker group (orchestrator/resident.py) "
+                             "instead of a TorchTrainer per call")
     args = parser.parse_args(argv)
     if args.calls < 1:
         parser.error("--calls must be >= 1")
@@ -70,20 +77,36 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.ray_session import connect_ray
 
     connect_ray(config.ray.address, config.ray.num_cpus, progress=lambda m: print(m, file=sys.stderr))
+    workers = None
+    if args.resident:
+        from orchestrator.resident import ResidentWorkers
+
+        workers = ResidentWorkers(config.train.workers, config.train.cpus_per_worker, config.train.use_gpu,
+                                  progress=lambda m: print(m, file=sys.stderr))
+    try:
+        rows = _calls(args, config, workers)
+    finally:
+        if workers is not None:
+            workers.close()
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def _calls(args: argparse.Namespace, config: ExperimentConfig, workers) -> list[dict[str, Any]]:
     rows = []
+    print(f"mode: {'resident workers' if workers else 'a TorchTrainer per call'}")
     print(f"{'call':>4}  {'wall s':>7}  {'train loop s':>12}  {'evaluation s':>12}  {'overhead s':>10}  ratio")
     for call in range(args.calls):
         output = Path(args.output) / f"call-{call}"
         started = time.perf_counter()
-        result = run_unlearning(config.with_overrides(output_dir=str(output)),
+        result = run_unlearning(config.with_overrides(output_dir=str(output)), workers=workers,
                                 progress=lambda m: print(m, file=sys.stderr))
         row = {"call": call, **split_wall(time.perf_counter() - started, result.timings), "timings": result.timings}
         rows.append(row)
         print(f"{call:>4}  {row['wall_s']:>7.1f}  {row['train_loop_s']:>12.1f}  {row['evaluation_s']:>12.1f}  "
               f"{row['overhead_s']:>10.1f}  {row['overhead_ratio']:.1%}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

@@ -13,21 +13,24 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import methods
 from orchestrator.config import ConfigError, ExperimentConfig
+from orchestrator.feed import worker_env
 from orchestrator.prepare import (Prepared, encode_rows, evaluate_dir, eval_settings, load_data, load_tokenizer,
                                   prepare)
 from orchestrator import run_state
 from orchestrator.metrics import record_evaluation
 from orchestrator.ray_session import connect_ray, private_ray_cpus
 from orchestrator.train import EXPORT_DIR, TrainJob, train_loop_per_worker
-from orchestrator.training_metrics import TrainingMetricsCallback
+from orchestrator.training_metrics import TrainingMetricsCallback, tokens_per_step
 from orchestrator.worker_evaluation import EvaluationJob
 
+if TYPE_CHECKING:
+    from orchestrator.resident import ResidentWorkers
+
 Progress = Callable[[str], None]
-POLL_INTERVAL_S = 0.25  # Ray Train's controller polling of the workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)
 SUMMARY_KEYS = ("forget_rouge_l", "retain_rouge_l", "forget_quality", "model_utility", "mia_auc")
 
 
@@ -69,6 +72,7 @@ def run_unlearning(
     prepared: Prepared | None = None,
     run_name: str | None = None,
     callbacks: Sequence[Any] | None = None,
+    workers: ResidentWorkers | None = None,
     progress: Progress = print,
 ) -> RunResult:
     """Unlearn `config.data`'s forget set from the target model (or from `target`, a model folder, when given).
@@ -79,7 +83,13 @@ def run_unlearning(
     Tune's `TuneReportCallback` in a trial); the final report's metrics carry the evaluation's summary (`after`).
     `before`: the target's metrics when the caller has them (a stream's latest model); else the prepared ones
     (for an explicit `target` without `before`, its evaluation runs here, on the driver, before training).
+    `workers`: resident Ray Train workers (`orchestrator/resident.py`) that serve this call and later ones, instead
+    of a `TorchTrainer` started (and its worker processes spawned) for this call alone; no `callbacks` then, since
+    their one Ray Train run serves every call.
     """
+    if workers is not None and callbacks:
+        raise ValueError("callbacks reach a TorchTrainer's RunConfig; resident workers serve every call from one "
+                         "Ray Train run: pass callbacks or workers, not both")
     started = time.perf_counter()
     output = config.resolved_output_dir().resolve()
     target_dir = str(target) if target is not None else None
@@ -91,6 +101,9 @@ def run_unlearning(
     check_resources(config, ray_cpus=private_ray_cpus(config.ray.address, config.ray.num_cpus))
     check_memory(config, progress)
     resuming = run_state.claim(output, run_name, config, target_dir)
+    run_state.check_resumable(output, run_name, resident=workers is not None)
+    if workers is not None:
+        workers.check_fits(config.resolved_train())
     ray_how = connect_ray(config.ray.address, config.ray.num_cpus, progress, config.ray.dashboard_host)
     check_resources(config)
     prepared = prepared or prepare(config, data=data, progress=progress)
@@ -102,13 +115,20 @@ def run_unlearning(
         before = (prepared.target_report if target is None else evaluate_dir(
             target_dir, tokenizer, prepared.data, prepared.template, settings, prepared.retain_report)).summary
 
-    job = replace(_make_job(config, prepared, tokenizer, target_dir), tokenizer_dir=prepared.tokenizer_dir,
+    if workers is not None:
+        workers.start()
+    job = replace(_make_job(config, prepared, tokenizer, target_dir,
+                            cpus_per_worker=workers.cpus_per_worker if workers else None),
+                  tokenizer_dir=prepared.tokenizer_dir,
                   evaluation=EvaluationJob.of(prepared.tokenizer_dir, prepared.data, prepared.template, settings,
                                               prepared.retain_report))
     progress(f"{'resuming' if resuming else 'unlearning'} {len(job.rows.forget)} forget examples with "
              f"{config.method.name} on {config.train.workers} Ray Train worker(s), evaluating there (run {run_name})")
-    watch = TrainingMetricsCallback.for_job(run_name, job, config.train.workers)  # Ray dashboard metrics
-    train_summary = _fit(config, job, output, progress, run_name=run_name, callbacks=[*(callbacks or ()), watch])
+    if workers is None:
+        watch = TrainingMetricsCallback.for_job(run_name, job, config.train.workers)  # Ray dashboard metrics
+        train_summary = _fit(config, job, output, progress, run_name=run_name, callbacks=[*(callbacks or ()), watch])
+    else:
+        train_summary = _fit_resident(workers, job, output, run_name, tokens_per_step(job, config.train.workers))
     t_trained = time.perf_counter()
     worker = train_summary["timings"]
     result = RunResult(
@@ -204,7 +224,8 @@ def check_memory(config: ExperimentConfig, progress: Progress = print) -> None:
         raise ConfigError(f"the run does not fit (see `unlearn plan`): {plan.reason}")
 
 
-def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_dir: str) -> TrainJob:
+def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_dir: str,
+              cpus_per_worker: int | None = None) -> TrainJob:
     from methods import ForgetSample
     from orchestrator.batching import UnlearningRows
     from orchestrator.data.tokenize import encode, encode_prompt
@@ -239,7 +260,7 @@ def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_di
     refines = profile.refines_forget_set
     train = config.resolved_train()
     if train["cpus_per_worker"] is None:
-        train["cpus_per_worker"] = _default_cpus_per_worker(config)
+        train["cpus_per_worker"] = cpus_per_worker or _default_cpus_per_worker(config)
     train["threads"] = train["cpus_per_worker"]
     return TrainJob(
         target_dir=target_dir, method_name=config.method.name, method_hparams=dict(config.method.hparams),
@@ -269,14 +290,7 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
         run_state.claim(output, run_name, config)
     job = replace(job, model_dir=str(output / EXPORT_DIR))
     storage = output / "ray"
-    # DeepSpeed picks its accelerator once per process, at import (transformers may import it even without ZeRO):
-    # on CPU workers say so rather than let it guess and warn.
-    env = {} if config.train.use_gpu or "DS_ACCELERATOR" in os.environ else {"DS_ACCELERATOR": "cpu"}
-    # Ray Train V2 re-routes `print` through its logger *and* the wrapped stdout: every progress line came twice.
-    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
-    # Ray Train V2's controller polls the workers every 2 s by default: a run waits that long to be seen starting,
-    # to have each report taken, and to be seen finished. Polling a local worker group costs little.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(POLL_INTERVAL_S))
+    env = worker_env(config.train.use_gpu)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
@@ -303,6 +317,19 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
     # return (the final report taken, the worker group shut down).
     clock = summary.pop("clock")
     summary["timings"].update(ray_train_start=round(clock["entered"] - fit_called, 3),
+                              ray_train_finish=round(time.time() - clock["left"], 3))
+    return summary
+
+
+def _fit_resident(workers: ResidentWorkers, job: TrainJob, output: Path, run_name: str,
+                  per_step: float | None) -> dict[str, Any]:
+    """`_fit` on resident workers: the same summary, Ray Train's start and finish being the feed's round trip."""
+    job = replace(job, model_dir=str(output / EXPORT_DIR))
+    tags = {"run": run_name, "method": job.method_name, **({"tokens_per_step": per_step} if per_step else {})}
+    summary = workers.run(job, run_state.resident_checkpoint(output, run_name), tags)
+    run_state.release(output, run_name)
+    clock = summary.pop("clock")
+    summary["timings"].update(ray_train_start=round(clock["entered"] - clock["submitted"], 3),
                               ray_train_finish=round(time.time() - clock["left"], 3))
     return summary
 

@@ -25,6 +25,7 @@ from orchestrator.config import ConfigError, ExperimentConfig
 
 IDENTITY_FILE = "unlearn_run.json"
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's, in the run's folder
+RESIDENT_CHECKPOINT = "resident_checkpoint"  # resident workers' own checkpoint folder (orchestrator/resident.py)
 # Train settings that change how a run is carried out, not what it trains.
 NOT_IDENTITY = ("cpus_per_worker", "max_failures", "log_every", "checkpoint_every_epochs")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")
@@ -66,7 +67,23 @@ def claim(output: Path, run_name: str, config: ExperimentConfig, target: str | N
                               f"{folder}")
     folder.mkdir(parents=True, exist_ok=True)
     recorded_path.write_text(json.dumps(identity, indent=2, sort_keys=True))
-    return (folder / SNAPSHOT_FILE).is_file()
+    return (folder / SNAPSHOT_FILE).is_file() or resident_checkpoint(output, run_name).is_dir()
+
+
+def resident_checkpoint(output: Path, run_name: str) -> Path:
+    """Where resident workers keep this run's resumable checkpoint (Ray Train's own state serves one run only)."""
+    return run_folder(output, run_name) / RESIDENT_CHECKPOINT
+
+
+def check_resumable(output: Path, run_name: str, resident: bool) -> None:
+    """Refuse to resume, in the other mode, a run whose checkpoint one mode wrote (each reads only its own)."""
+    folder = run_folder(output, run_name)
+    if resident and (folder / SNAPSHOT_FILE).is_file():
+        raise ConfigError(f"run_name={run_name!r} in {output} was checkpointed by a TorchTrainer of its own: resume "
+                          f"it without resident workers, or remove {folder}")
+    if not resident and resident_checkpoint(output, run_name).is_dir():
+        raise ConfigError(f"run_name={run_name!r} in {output} was checkpointed by resident workers: resume it "
+                          f"with `workers=ResidentWorkers(...)`, or remove {folder}")
 
 
 def release(output: Path, run_name: str) -> None:

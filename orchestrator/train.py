@@ -95,6 +95,10 @@ class UnlearningWorker:
         self.resumed_from_step: int | None = None
         # Progress reports through `ray.train.report` every `log_every` steps; a stream reports once per request.
         self.report_progress = True
+        # Resident workers (`orchestrator/resident.py`) serve many runs from one Ray Train run: each run's resumable
+        # checkpoint is a folder of its own (not Ray Train's), and its reports say which run they belong to.
+        self.checkpoint_folder: Path | None = None
+        self.report_tags: dict[str, Any] = {}
 
     # --- setup --------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -190,12 +194,16 @@ class UnlearningWorker:
     def _resume(self) -> None:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return
-        with checkpoint.as_directory() as folder:
-            self.engine.load(folder)
-            state = torch.load(Path(folder) / TRAIN_STATE, map_location="cpu", weights_only=False)
+        if self.checkpoint_folder is not None:
+            if not (self.checkpoint_folder / TRAIN_STATE).is_file():
+                return
+            state = self._load_checkpoint(self.checkpoint_folder)
+        else:
+            checkpoint = ray.train.get_checkpoint()
+            if checkpoint is None:
+                return
+            with checkpoint.as_directory() as folder:
+                state = self._load_checkpoint(Path(folder))
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         self.history, self.kept = state["history"], state["kept"]
         self.resumed_from_step = self.global_step
@@ -203,6 +211,10 @@ class UnlearningWorker:
             self.batches.rows = self.job.rows.keep(self.kept)
         if self.rank == 0:
             print(f"[unlearn] resumed from checkpoint at epoch {self.epoch}, step {self.global_step}", flush=True)
+
+    def _load_checkpoint(self, folder: Path) -> dict[str, Any]:
+        self.engine.load(str(folder))
+        return torch.load(folder / TRAIN_STATE, map_location="cpu", weights_only=False)
 
     # --- train --------------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -236,7 +248,7 @@ class UnlearningWorker:
                         last_line = now
                     window = []
                     if self.report_progress:
-                        _report(metrics)
+                        self._tagged_report(metrics)
             self.epoch += 1
             stop = self._refine_forget_set()
             if stop:
@@ -267,15 +279,37 @@ class UnlearningWorker:
         return False
 
     def _checkpoint(self) -> None:
-        """Every rank saves its part (DeepSpeed: its ZeRO shard; plain torch: rank 0 only) and reports its folder."""
-        with tempfile.TemporaryDirectory() as folder:
-            wrote = self.engine.save(folder, self.rank)
+        """Every rank saves its part (DeepSpeed: its ZeRO shard; plain torch: rank 0 only) and reports its folder.
+
+        Resident workers write rank 0's files into the run's own checkpoint folder instead (plain engines only),
+        beside it and renamed into place, so that a reader never sees half a checkpoint."""
+        metrics = {"epoch": float(self.epoch), "step": self.global_step, "checkpoint": 1.0}
+        if self.checkpoint_folder is not None:
             if self.rank == 0:
-                torch.save({"epoch": self.epoch, "global_step": self.global_step, "history": self.history,
-                            "kept": self.kept}, Path(folder) / TRAIN_STATE)
-                wrote = True
-            _report({"epoch": float(self.epoch), "step": self.global_step, "checkpoint": 1.0},
-                    folder if wrote else None)
+                import shutil
+
+                partial = self.checkpoint_folder.with_name(self.checkpoint_folder.name + ".partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir(parents=True)
+                self._save_checkpoint(str(partial))
+                shutil.rmtree(self.checkpoint_folder, ignore_errors=True)
+                partial.rename(self.checkpoint_folder)
+            self._tagged_report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            wrote = self._save_checkpoint(folder)
+            _report(metrics, folder if wrote else None)
+
+    def _save_checkpoint(self, folder: str) -> bool:
+        wrote = self.engine.save(folder, self.rank)
+        if self.rank == 0:
+            torch.save({"epoch": self.epoch, "global_step": self.global_step, "history": self.history,
+                        "kept": self.kept}, Path(folder) / TRAIN_STATE)
+            wrote = True
+        return bool(wrote)
+
+    def _tagged_report(self, metrics: dict[str, Any]) -> None:
+        _report({**metrics, **self.report_tags})
 
     # --- export, evaluate, finish ----------------------------------------------------------------------------
     def export(self) -> None:
@@ -317,8 +351,8 @@ class UnlearningWorker:
         local, total = self.engine.partition_numel()
         per_worker = self._gather(local)
         after = evaluation["summary"] if evaluation else None
-        _report({"epoch": float(self.epoch), "step": self.global_step, "final": 1.0,
-                 **({"after": after} if after is not None else {})})
+        self._tagged_report({"epoch": float(self.epoch), "step": self.global_step, "final": 1.0,
+                             **({"after": after} if after is not None else {})})
         if self.rank != 0:
             return None
         return {"history": self.history, "world_size": self.world_size, "timings": timings,
@@ -418,6 +452,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train entry point: `config["job"]` is a `TrainJob`; rank 0 returns the run's summary."""
     entered = time.time()  # wall clock, for the driver's view of Ray Train's start and finish
     job: TrainJob = config["job"]
+    prepare_worker_process(job)
+    summary = unlearn_on_worker(job)
+    if summary is not None:
+        summary["clock"] = {"entered": entered, "left": time.time()}
+    return summary
+
+
+def prepare_worker_process(job: TrainJob) -> None:
+    """Once per worker process (and per job, for resident workers): quiet logs and warnings, set the threads."""
     _quiet_ray_train_reports()
     from orchestrator.models import quiet_progress_bars
 
@@ -431,8 +474,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     threads = job.train.get("threads")
     if threads:
         torch.set_num_threads(threads)
+
+
+def unlearn_on_worker(job: TrainJob, checkpoint_folder: Path | None = None,
+                      report_tags: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """One worker's whole run (set-up, train, evaluate, export, finish); rank 0 returns the run's summary.
+
+    `checkpoint_folder`: resident workers' own resumable checkpoint for this run (else Ray Train's);
+    `report_tags`: added to every report, so that a resident worker group's callbacks know whose it is."""
     started = time.perf_counter()
     worker = UnlearningWorker(job)
+    worker.checkpoint_folder = checkpoint_folder
+    worker.report_tags = dict(report_tags or {})
     worker.setup()
     set_up = time.perf_counter()
     worker.train()
@@ -444,7 +497,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     # "train_loop" keeps its earlier meaning (set-up included: loading the model is part of training it).
     timings = {"worker_setup": set_up - started, "train_loop": trained - started, "evaluate": evaluated - trained,
                "export": exported - evaluated}
-    summary = worker.finish({k: round(v, 3) for k, v in timings.items()}, evaluation)
-    if summary is not None:
-        summary["clock"] = {"entered": entered, "left": time.time()}
-    return summary
+    return worker.finish({k: round(v, 3) for k, v in timings.items()}, evaluation)

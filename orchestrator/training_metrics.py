@@ -42,7 +42,7 @@ class TrainingMetricsCallback(UserCallback):
 
     def __init__(self, run: str, method: str, tokens_per_step: float | None = None) -> None:
         self.run, self.method, self.tokens_per_step = run, method, tokens_per_step
-        self._last: tuple[float, float] | None = None  # (time, step) of the previous report
+        self._last: dict[str, tuple[float, float]] = {}  # per run: (time, step) of its previous report
 
     @classmethod
     def for_job(cls, run: str, job: Any, workers: int) -> "TrainingMetricsCallback":
@@ -59,18 +59,26 @@ class TrainingMetricsCallback(UserCallback):
         (seconds per step, tokens per second) it recorded.
 
         Timed between reports as the controller takes them (it polls the workers every few hundred ms, so a short
-        interval is that much less exact); any report moves the clock, so a checkpoint's save is not a step's."""
+        interval is that much less exact); any report moves the clock, so a checkpoint's save is not a step's.
+        A report tagged with `run`, `method` and `tokens_per_step` (resident workers serve many runs through one
+        Ray Train run, `orchestrator/resident.py`) is recorded under its own run."""
+        run, method = str(report.get("run", self.run)), str(report.get("method", self.method))
+        per_step = report.get("tokens_per_step", self.tokens_per_step)
         step = report.get("step")
         step_seconds = tokens_per_second = None
-        if finite_number(step) and self._last is not None and step > self._last[1]:
-            step_seconds = (now - self._last[0]) / (step - self._last[1])
+        last = self._last.get(run)
+        if finite_number(step) and last is not None and step > last[1]:
+            step_seconds = (now - last[0]) / (step - last[1])
         if finite_number(step):
-            self._last = (now, float(step))
+            self._last[run] = (now, float(step))
         if "loss" not in report:  # a checkpoint or the final report: no training numbers
             if report.get("final"):
-                flush(2.0)  # the controller ends with the run
+                self._last.pop(run, None)
+                if "run" not in report:
+                    flush(2.0)  # the controller ends with the run
             return None, None
-        if self.tokens_per_step and step_seconds:
-            tokens_per_second = self.tokens_per_step / step_seconds
-        record_training(self.run, self.method, report, step_seconds=step_seconds, tokens_per_second=tokens_per_second)
+        if finite_number(per_step) and per_step and step_seconds:
+            tokens_per_second = per_step / step_seconds
+        numbers = {k: v for k, v in report.items() if k not in ("run", "method", "tokens_per_step")}
+        record_training(run, method, numbers, step_seconds=step_seconds, tokens_per_second=tokens_per_second)
         return step_seconds, tokens_per_second

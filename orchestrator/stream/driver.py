@@ -13,7 +13,6 @@ abandons the batch that was running when it died and applies it again from the l
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
@@ -29,7 +28,7 @@ from orchestrator.stream.config import StreamConfig, StreamMethod
 from orchestrator.stream.ledger import LEDGER_FILE, Ledger
 from orchestrator.stream.policy import Waiting, next_batch
 from orchestrator.stream.requests import (BadLine, ItemIndex, UnlearningRequest, example_hash, parse_line,
-                                          read_lines, synthetic_requests, text_hash)
+                                          read_lines, synthetic_requests)
 
 Progress = Callable[[str], None]
 RUN_NAME = "stream"
@@ -185,7 +184,7 @@ class MethodStream:
 
     # --- the run ----------------------------------------------------------------------------------------------
     def run(self) -> None:
-        from orchestrator.run import RunError, _default_cpus_per_worker, _last_line
+        from orchestrator.run import RunError, _last_line
 
         ledger = Ledger(self.folder / LEDGER_FILE)
         try:
@@ -256,12 +255,10 @@ class MethodStream:
         from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        from orchestrator.run import POLL_INTERVAL_S
+        from orchestrator.feed import worker_env
         from orchestrator.stream.worker import stream_loop_per_worker
 
-        env = {} if self.config.train.use_gpu or "DS_ACCELERATOR" in os.environ else {"DS_ACCELERATOR": "cpu"}
-        env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(POLL_INTERVAL_S))
+        env = worker_env(self.config.train.use_gpu)
         return TorchTrainer(
             stream_loop_per_worker, train_loop_config={"job": job},
             scaling_config=ScalingConfig(num_workers=self.config.train.workers, use_gpu=self.config.train.use_gpu,

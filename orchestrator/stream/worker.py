@@ -30,10 +30,10 @@ import methods
 from orchestrator.batching import UnlearningRows
 from orchestrator.data.schema import Example, UnlearningData
 from orchestrator.data.tokenize import PromptTemplate
+from orchestrator.feed import next_message
 from orchestrator.train import TrainJob, UnlearningWorker, _quiet_ray_train_reports
 
 STATE_FILE = "stream_state.json"
-IDLE_POLL_S = 2.0  # rank 0's wait on the feed before it tells the other ranks "nothing yet" (keeps gloo alive)
 
 
 @dataclass
@@ -92,7 +92,7 @@ def stream_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         job.baseline_utility = baseline["model_utility"]  # the guard's reference (rank 0 decides for all)
     applied = 0
     while True:
-        message = _next_message(job, rank, world_size)
+        message = next_message(job.feed, rank, world_size)
         if message["kind"] == "idle":
             continue
         if message["kind"] == "stop":
@@ -102,25 +102,6 @@ def stream_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         if rank == 0:
             job.results.put(result)
     return {"load_seconds": round(loaded, 3), "applied_batches": applied} if rank == 0 else None
-
-
-def _next_message(job: StreamJob, rank: int, world_size: int) -> dict[str, Any]:
-    message: dict[str, Any] | None = None
-    if rank == 0:
-        from ray.util.queue import Empty
-
-        try:
-            message = job.feed.get(block=True, timeout=IDLE_POLL_S)
-        except Empty:
-            message = {"kind": "idle"}
-    if world_size > 1:
-        import torch.distributed as dist
-
-        holder = [message]
-        dist.broadcast_object_list(holder, src=0)
-        message = holder[0]
-    assert message is not None
-    return message
 
 
 def _apply_batch(job: StreamJob, model: torch.nn.Module, tokenizer, settings, message: dict[str, Any], rank: int,
