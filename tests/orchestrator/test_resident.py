@@ -1,0 +1,137 @@
+"""Resident run workers: one Ray Train worker group serves run after run, each as a TorchTrainer per call would.
+
+The slow tests run real Ray Train on a tiny problem: the same config through a TorchTrainer of its own and through
+resident workers gives the same losses and metrics; a second run reuses the group; a worker killed midway takes the
+group down, the call says so, and the same call made again starts a new group and resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator import run_state
+from orchestrator.config import ConfigError, parse_config
+from orchestrator.resident import ResidentWorkers
+
+EPOCHS = 4
+SMALL = {
+    "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
+                       "vocab_size": 300},
+              "pretrain": None, "finetune": {"epochs": 2, "batch_size": 32}},
+    "data": {"synthetic": {"n_people": 10, "questions_per_person": 2}},  # 2 forget rows: 2 steps an epoch
+    "method": {"name": "ga"},
+    "train": {"epochs": EPOCHS, "batch_size": 1, "lr": 1e-4, "log_every": 1},
+    "eval": {"max_per_split": 4, "max_new_tokens": 4},
+    "ray": {"num_cpus": 2},
+}
+
+
+def _config(output: Path, **overrides):
+    return parse_config(SMALL).with_overrides(output_dir=str(output), **overrides)
+
+
+def _losses(result) -> list[float]:
+    return [h["loss"] for h in result.history]
+
+
+def test_a_run_that_does_not_fit_the_group_is_refused_before_any_work(tmp_path, monkeypatch):
+    from orchestrator import run
+
+    monkeypatch.setattr(run, "prepare", lambda *a, **k: pytest.fail("prepared a run that cannot be served"))
+    monkeypatch.setattr(run, "connect_ray", lambda *a, **k: pytest.fail("started Ray for a run that cannot be served"))
+    workers = ResidentWorkers(workers=1, cpus_per_worker=1)
+    with pytest.raises(ConfigError, match=r"train\.workers=2 \(the resident workers have 1\)"):
+        run.run_unlearning(_config(tmp_path, **{"train.workers": 2}), workers=workers, progress=print)
+    with pytest.raises(ConfigError, match=r"train\.cpus_per_worker=2 \(the resident workers have 1\)"):
+        run.run_unlearning(_config(tmp_path, **{"train.cpus_per_worker": 2}), workers=workers, progress=print)
+    with pytest.raises(ValueError, match="callbacks or workers, not both"):
+        run.run_unlearning(_config(tmp_path), workers=workers, callbacks=[object()], progress=print)
+    with pytest.raises(ConfigError, match="plain PyTorch engines only"):
+        workers.check_fits({"workers": 1, "deepspeed": "cluster/deepspeed/zero3.json"})
+    with pytest.raises(ConfigError, match="workers=0 must be >= 1"):
+        ResidentWorkers(workers=0)
+    assert not workers.alive
+
+
+def test_a_checkpoint_of_one_mode_is_not_resumed_by_the_other(tmp_path):
+    config = _config(tmp_path)
+    run_state.claim(tmp_path, "r", config)
+    (tmp_path / "ray" / "r" / run_state.SNAPSHOT_FILE).write_text("{}")
+    run_state.check_resumable(tmp_path, "r", resident=False)
+    with pytest.raises(ConfigError, match="checkpointed by a TorchTrainer of its own"):
+        run_state.check_resumable(tmp_path, "r", resident=True)
+    (tmp_path / "ray" / "r" / run_state.SNAPSHOT_FILE).unlink()
+    run_state.resident_checkpoint(tmp_path, "r").mkdir()
+    assert run_state.claim(tmp_path, "r", config) is True  # something to resume
+    run_state.check_resumable(tmp_path, "r", resident=True)
+    with pytest.raises(ConfigError, match="checkpointed by resident workers"):
+        run_state.check_resumable(tmp_path, "r", resident=False)
+
+
+@pytest.mark.slow
+def test_resident_workers_serve_runs_as_a_trainer_per_call_does(tmp_path):
+    from orchestrator.ray_session import connect_ray
+    from orchestrator.run import run_unlearning
+
+    connect_ray(None, 2, progress=print)
+    alone = run_unlearning(_config(tmp_path / "alone"), progress=print)
+    with ResidentWorkers(workers=1) as workers:
+        first = run_unlearning(_config(tmp_path / "first"), workers=workers, progress=print)
+        second = run_unlearning(_config(tmp_path / "second", **{"method.name": "npo"}), workers=workers,
+                                progress=print)
+        again = run_unlearning(_config(tmp_path / "again"), workers=workers, progress=print)
+        assert workers.starts == 1 and workers.alive
+    assert not workers.alive
+
+    # Nothing carries over from one run to the next: the same config gives the same run either way.
+    assert first.settings["cpus_per_worker"] == alone.settings["cpus_per_worker"] == 2
+    assert len(_losses(first)) == EPOCHS * 2
+    for a, b, c in zip(_losses(first), _losses(alone), _losses(again), strict=True):
+        assert a == pytest.approx(b, rel=1e-6) and c == pytest.approx(b, rel=1e-6)
+    assert first.after.keys() == alone.after.keys()
+    for key, value in alone.after.items():
+        assert first.after[key] == (value if value is None else pytest.approx(value, rel=1e-6, abs=1e-9)), key
+    assert second.method == "npo" and _losses(second) != _losses(first)
+    for result in (first, second):
+        out = Path(result.output_dir)
+        assert json.loads((out / "summary.json").read_text())["after"] == result.after
+        assert list((out / "model").glob("*.safetensors"))
+        assert not (out / "ray" / result.run_name).exists()  # a finished run's state is released
+    # The first run started the group; the later ones wait only for the feed's round trip.
+    assert second.timings["ray_train_start"] < 5 and again.timings["ray_train_start"] < 5
+
+
+@pytest.mark.slow
+def test_a_killed_worker_takes_the_group_down_and_the_run_made_again_resumes(tmp_path, monkeypatch):
+    from orchestrator import run
+    from orchestrator.ray_session import connect_ray
+
+    make_job = run._make_job
+    marker = tmp_path / "killed"
+
+    def with_fault(*args, **kwargs):  # the worker SIGKILLs itself after step 3 (the epoch-1 checkpoint is written)
+        job = make_job(*args, **kwargs)
+        job.train.update(_kill_at_step=3, _kill_rank=0, _kill_marker=str(marker))
+        return job
+
+    monkeypatch.setattr(run, "_make_job", with_fault)
+    connect_ray(None, 2, progress=print)
+    config = _config(tmp_path / "run", **{"train.checkpoint_every_epochs": 1})
+    with ResidentWorkers(workers=1) as workers:
+        with pytest.raises(run.RunError, match="resident workers stopped during the run"):
+            run.run_unlearning(config, run_name="killed", workers=workers, progress=print)
+        assert marker.is_file() and not workers.alive
+        assert run_state.resident_checkpoint(tmp_path / "run", "killed").is_dir()
+        messages: list[str] = []
+        result = run.run_unlearning(config, run_name="killed", workers=workers, progress=messages.append)
+        assert workers.starts == 2
+    assert any(m.startswith("resuming") for m in messages)
+    assert result.train["resumed_from_step"] == 2 and result.train["steps"] == 2 * EPOCHS
+    assert not (tmp_path / "run" / "ray" / "killed").exists()
+
+
+# A cache of their own for these real-pipeline tests, and no Ray left behind (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated_cache_and_ray")
