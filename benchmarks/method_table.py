@@ -1,6 +1,7 @@
 """Every method at its default hyperparameters on the embedded default: the before/after table.
 
-Runs `run_unlearning` once per method (one local Ray, the prepared target/retain models shared through the cache)
+Runs `run_unlearning` once per method (one local Ray, one resident Ray Train worker group, the prepared
+target/retain models shared through the cache)
 and prints forget/retain ROUGE-L, forget quality, model utility and MIA AUC, with the foundation's bar: forget
 ROUGE-L at most half the target's, retain ROUGE-L at least 80% of the target's.
 
@@ -19,6 +20,7 @@ import yaml
 import methods
 from orchestrator.config import load_config
 from orchestrator.prepare import prepare
+from orchestrator.resident import ResidentWorkers
 from orchestrator.run import run_unlearning
 
 MUST_PASS = {"npo", "undial", "graddiff", "ihl", "ihl_fila", "icu", "soul"}  # issue 10's bar
@@ -38,12 +40,21 @@ def main() -> int:
         base = base.with_overrides(**overrides)
     prepared = prepare(base, progress=lambda m: print(m, file=sys.stderr))
     rows = []
-    for name in args.methods.split(","):
-        config = base.with_overrides(**{"method.name": name, "method.hparams": {},
-                                        "output_dir": str(Path(args.output) / name)})
-        result = run_unlearning(config, prepared=prepared, progress=lambda m: print(m, file=sys.stderr))
-        rows.append(result)
-        print(f"{name}: done in {result.seconds:.0f} s", file=sys.stderr)
+    # One resident Ray Train worker group serves every method (a TorchTrainer per run doubles the wall time of the
+    # embedded default's runs); DeepSpeed runs take a TorchTrainer each (orchestrator/resident.py).
+    workers = None if base.train.deepspeed else ResidentWorkers(
+        base.train.workers, base.train.cpus_per_worker, base.train.use_gpu, progress=lambda m: print(m, file=sys.stderr))
+    try:
+        for name in args.methods.split(","):
+            config = base.with_overrides(**{"method.name": name, "method.hparams": {},
+                                            "output_dir": str(Path(args.output) / name)})
+            result = run_unlearning(config, prepared=prepared, workers=workers,
+                                    progress=lambda m: print(m, file=sys.stderr))
+            rows.append(result)
+            print(f"{name}: done in {result.seconds:.0f} s", file=sys.stderr)
+    finally:
+        if workers is not None:
+            workers.close()
 
     header = (f"{'method':10} {'forget RL':>9} {'retain RL':>9} {'nbr RL':>7} {'forget Q':>9} {'utility':>7} "
               f"{'MIA AUC':>7} {'train s':>7}  verdict")

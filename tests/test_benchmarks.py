@@ -110,13 +110,14 @@ def test_overhead_splits_the_wall_time():
 
 
 @pytest.mark.slow
-def test_overhead_small_calls_run(tmp_path):
+@pytest.mark.parametrize("mode", [[], ["--resident"]], ids=["trainer-per-call", "resident"])
+def test_overhead_small_calls_run(tmp_path, mode):
     out = tmp_path / "rows.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_UNLEARN_CACHE": str(tmp_path / "cache")}
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run([sys.executable, "benchmarks/overhead.py", "--small", "--calls", "2", "--output",
-                           str(tmp_path / "runs"), "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
+                           str(tmp_path / "runs"), "--json", str(out), *mode], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert [r["call"] for r in rows] == [0, 1]
@@ -124,3 +125,4 @@ def test_overhead_small_calls_run(tmp_path):
         assert r["wall_s"] == pytest.approx(r["train_loop_s"] + r["evaluation_s"] + r["overhead_s"], abs=0.02)
         assert r["train_loop_s"] > 0 and r["evaluation_s"] > 0 and r["timings"]["ray_train_start"] > 0
     assert "overhead s" in done.stdout
+    assert ("mode: resident workers" if mode else "mode: a TorchTrainer per call") in done.stdout
