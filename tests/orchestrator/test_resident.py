@@ -74,7 +74,7 @@ def test_a_checkpoint_of_one_mode_is_not_resumed_by_the_other(tmp_path):
 @pytest.mark.slow
 def test_resident_workers_serve_runs_as_a_trainer_per_call_does(tmp_path):
     from orchestrator.ray_session import connect_ray
-    from orchestrator.run import run_unlearning
+    from orchestrator.run import RunError, run_unlearning
 
     connect_ray(None, 2, progress=print)
     alone = run_unlearning(_config(tmp_path / "alone"), progress=print)
@@ -83,6 +83,12 @@ def test_resident_workers_serve_runs_as_a_trainer_per_call_does(tmp_path):
         second = run_unlearning(_config(tmp_path / "second", **{"method.name": "npo"}), workers=workers,
                                 progress=print)
         again = run_unlearning(_config(tmp_path / "again"), workers=workers, progress=print)
+        # A run that fails on the workers fails alone: the group serves the next one.
+        with pytest.raises(RunError, match="unlearning failed: .*no-such-model"):
+            run_unlearning(_config(tmp_path / "broken"), target=tmp_path / "no-such-model", before={},
+                           workers=workers, progress=print)
+        assert workers.alive
+        assert run_unlearning(_config(tmp_path / "after-failure"), workers=workers, progress=print).after
         assert workers.starts == 1 and workers.alive
     assert not workers.alive
 
