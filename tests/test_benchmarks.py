@@ -126,3 +126,21 @@ def test_overhead_small_calls_run(tmp_path, mode):
         assert r["train_loop_s"] > 0 and r["evaluation_s"] > 0 and r["timings"]["ray_train_start"] > 0
     assert "overhead s" in done.stdout
     assert ("mode: resident workers" if mode else "mode: a TorchTrainer per call") in done.stdout
+
+
+text_grid = load_script("text_grid")
+
+
+def test_text_grid_reads_its_grid_and_writes_another_shelf(tmp_path):
+    args = text_grid.parse_args(["--lr", "1e-5,3e-5", "--shelf", "5,6,7,8"])
+    assert args.space == {"gamma": [3, 10, 30]} and args.lrs == [1e-5, 3e-5] and args.shelves == [[5, 6, 7, 8]]
+    assert text_grid.parse_args(["--method", "npo", "--grid", "beta=0.1,0.5"]).space == {"beta": [0.1, 0.5]}
+    for bad in (["--grid", "gamma"], ["--shelf", "5,6,7"], ["--shelf", "5,5,6,7"]):
+        with pytest.raises(SystemExit):
+            text_grid.parse_args(bad)
+    config = text_grid.shelf_config([5, 6, 7, 8], tmp_path)
+    assert config.name == "text-books-5-6-7-8" and config.data.source == "text"
+    assert Path(config.data.text.forget).name == "book-5.txt" and Path(config.data.text.forget).is_file()
+    assert [Path(p).name for p in config.data.text.retain] == ["book-6.txt", "book-7.txt", "book-8.txt"]
+    assert text_grid.ratios({"verbatim_memorisation": 0.8, "retain_verbatim_memorisation": 1.0},
+                            {"verbatim_memorisation": 0.2, "retain_verbatim_memorisation": 0.9}) == (0.25, 0.9)
