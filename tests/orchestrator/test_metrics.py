@@ -96,6 +96,24 @@ def test_the_callback_times_steps_between_reports_and_skips_checkpoint_time():
     assert tokens_s == pytest.approx(200.0)
 
 
+def test_one_callback_times_each_tagged_run_on_its_own_clock(monkeypatch):
+    """Resident workers serve many runs through one Ray Train run: each report says whose it is."""
+    from orchestrator import training_metrics
+
+    recorded = []
+    monkeypatch.setattr(training_metrics, "record_training",
+                        lambda run, method, numbers, **kw: recorded.append((run, method, dict(numbers), kw)))
+    callback = TrainingMetricsCallback("resident", "resident")
+    a = {"run": "a", "method": "npo", "tokens_per_step": 100.0}
+    callback.observe({"loss": 1.0, "step": 1, **a}, now=0.0)
+    callback.observe({"step": 3, "final": 1.0, **a}, now=1.0)  # run a ends
+    b = {"run": "b", "method": "ga", "tokens_per_step": 50.0}
+    assert callback.observe({"loss": 2.0, "step": 1, **b}, now=5.0) == (None, None)  # b's clock starts afresh
+    assert callback.observe({"loss": 1.5, "step": 3, **b}, now=6.0) == (0.5, 100.0)
+    assert [(run, method) for run, method, _, _ in recorded] == [("a", "npo"), ("b", "ga"), ("b", "ga")]
+    assert all(set(numbers) <= {"loss", "step"} for _, _, numbers, _ in recorded)  # the tags are not metrics
+
+
 def test_tokens_per_step_counts_the_parts_the_method_uses():
     def rows(n, length, offset=0):
         return [EncodedRow(input_ids=list(range(length)), labels=list(range(length)), index=offset + i)
