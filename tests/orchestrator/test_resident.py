@@ -111,6 +111,25 @@ def test_resident_workers_serve_runs_as_a_trainer_per_call_does(tmp_path):
 
 
 @pytest.mark.slow
+def test_two_resident_workers_share_each_run(tmp_path):
+    """Rank 0 reads the feed and broadcasts each job: both workers train every run, on their shards."""
+    from orchestrator.ray_session import connect_ray
+    from orchestrator.run import run_unlearning
+
+    connect_ray(None, 2, progress=print)
+    overrides = {"train.workers": 2, "train.cpus_per_worker": 1}
+    with ResidentWorkers(workers=2, cpus_per_worker=1) as workers:
+        runs = [run_unlearning(_config(tmp_path / name, **{**overrides, "method.name": name}), workers=workers,
+                               progress=print) for name in ("ga", "npo")]
+        assert workers.starts == 1
+    for result in runs:
+        assert result.world_size == 2 and result.settings["cpus_per_worker"] == 1
+        assert result.train["steps"] == EPOCHS  # 2 forget rows over 2 workers: 1 step an epoch
+        assert result.after["forget_rouge_l"] is not None
+    assert runs[1].timings["ray_train_start"] < 5
+
+
+@pytest.mark.slow
 def test_a_killed_worker_takes_the_group_down_and_the_run_made_again_resumes(tmp_path, monkeypatch):
     from orchestrator import run
     from orchestrator.ray_session import connect_ray
