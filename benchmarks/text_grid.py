@@ -47,7 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not key or not values:
             parser.error(f"--grid {item!r}: write HPARAM=V1,V2")
         args.space[key] = [yaml.safe_load(v) for v in values.split(",")]
-    args.lrs = [float(v) for v in args.lr.split(",")]
+    try:
+        args.lrs = [float(v) for v in args.lr.split(",")]
+    except ValueError:
+        parser.error(f"--lr {args.lr!r}: comma-separated numbers")
     args.shelves = []
     for item in args.shelf:
         seeds = [int(s) for s in item.split(",")]
@@ -73,35 +76,50 @@ def ratios(before: dict[str, Any], after: dict[str, Any]) -> tuple[float, float]
             after["retain_verbatim_memorisation"] / before["retain_verbatim_memorisation"])
 
 
+def grid_configs(args: argparse.Namespace, shelves: list[ExperimentConfig]) -> list[tuple[str, ExperimentConfig]]:
+    """(point, config) for every shelf and grid point; a bad value is a ConfigError here, before any run."""
+    output, keys = Path(args.output), list(args.space)
+    runs = []
+    for shelf in shelves:
+        for values in itertools.product(*(args.space[k] for k in keys)):
+            hparams = dict(zip(keys, values))
+            for lr in args.lrs:
+                point = " ".join(f"{k}={v}" for k, v in hparams.items()) + f" lr={lr:g}"
+                runs.append((point, shelf.with_overrides(**{
+                    "method.name": args.method, "method.hparams": hparams, "train.lr": lr,
+                    "output_dir": str(output / shelf.name / point.replace(" ", "_"))})))
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from orchestrator.config import ConfigError
+
+    output = Path(args.output)
+    try:
+        shelves = [load_config(BOOKS)] + [shelf_config(s, output / "books" / "-".join(map(str, s)))
+                                          for s in args.shelves]
+        runs = grid_configs(args, shelves)
+    except ConfigError as err:
+        print(f"text_grid: error: {err}", file=sys.stderr)
+        return 2
     from orchestrator.ray_session import connect_ray
     from orchestrator.resident import ResidentWorkers
     from orchestrator.run import run_unlearning
 
-    output = Path(args.output)
-    shelves = [load_config(BOOKS)] + [shelf_config(s, output / "books" / "-".join(map(str, s))) for s in args.shelves]
     quiet = lambda message: print(message, file=sys.stderr)  # noqa: E731
     connect_ray(shelves[0].ray.address, shelves[0].ray.num_cpus, progress=quiet)
-    keys = list(args.space)
     rows = []
     print(f"{'shelf':24} {'point':28} {'forget':>7} {'kept':>6}")
     with ResidentWorkers(shelves[0].train.workers, shelves[0].train.cpus_per_worker, progress=quiet) as workers:
-        for shelf in shelves:
-            for values in itertools.product(*(args.space[k] for k in keys)):
-                hparams = dict(zip(keys, values))
-                for lr in args.lrs:
-                    point = " ".join(f"{k}={v}" for k, v in hparams.items()) + f" lr={lr:g}"
-                    config = shelf.with_overrides(**{
-                        "method.name": args.method, "method.hparams": hparams, "train.lr": lr,
-                        "output_dir": str(output / shelf.name / point.replace(" ", "_"))})
-                    result = run_unlearning(config, workers=workers, progress=quiet)
-                    forget, kept = ratios(result.before, result.after)
-                    passed = forget <= FORGET_AT_MOST and kept >= KEPT_AT_LEAST
-                    rows.append({"shelf": shelf.name, "hparams": hparams, "lr": lr, "forget": round(forget, 3),
-                                 "kept": round(kept, 3), "pass": passed})
-                    print(f"{shelf.name:24} {point:28} {forget:7.3f} {kept:6.3f}  {'PASS' if passed else ''}",
-                          flush=True)
+        for point, config in runs:
+            result = run_unlearning(config, workers=workers, progress=quiet)
+            forget, kept = ratios(result.before, result.after)
+            passed = forget <= FORGET_AT_MOST and kept >= KEPT_AT_LEAST
+            rows.append({"shelf": config.name, "point": point, "hparams": dict(config.method.hparams),
+                         "lr": config.train.lr, "forget": round(forget, 3), "kept": round(kept, 3),
+                         "pass": passed})
+            print(f"{config.name:24} {point:28} {forget:7.3f} {kept:6.3f}  {'PASS' if passed else ''}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -197,7 +197,11 @@ class UnlearningWorker:
         if self.checkpoint_folder is not None:
             if not (self.checkpoint_folder / TRAIN_STATE).is_file():
                 return
-            state = self._load_checkpoint(self.checkpoint_folder)
+            try:
+                state = self._load_checkpoint(self.checkpoint_folder)
+            except Exception as err:  # written whole and renamed into place: damaged from outside; say which
+                raise RuntimeError(f"the run's checkpoint {self.checkpoint_folder} cannot be read "
+                                   f"({type(err).__name__}: {err}); remove it to start the run afresh") from err
         else:
             checkpoint = ray.train.get_checkpoint()
             if checkpoint is None:

@@ -88,6 +88,13 @@ def test_resident_workers_serve_runs_as_a_trainer_per_call_does(tmp_path):
             run_unlearning(_config(tmp_path / "broken"), target=tmp_path / "no-such-model", before={},
                            workers=workers, progress=print)
         assert workers.alive
+        damaged = run_state.resident_checkpoint(tmp_path / "damaged", "d")  # a checkpoint damaged from outside
+        run_state.claim(tmp_path / "damaged", "d", _config(tmp_path / "damaged"))
+        damaged.mkdir()
+        (damaged / "train_state.pt").write_bytes(b"PK\x03\x04 cut short")
+        with pytest.raises(RunError, match=r"checkpoint .*resident_checkpoint cannot be read .* remove it"):
+            run_unlearning(_config(tmp_path / "damaged"), run_name="d", workers=workers, progress=print)
+        assert (damaged / "train_state.pt").is_file()  # refused, not removed
         assert run_unlearning(_config(tmp_path / "after-failure"), workers=workers, progress=print).after
         assert workers.starts == 1 and workers.alive
     assert not workers.alive
