@@ -160,7 +160,6 @@ class ResidentWorkers:
         self.check_fits(job.train)
         self.start()
         call = next(self._ids)
-        submitted = time.time()
         self._feed.put({"kind": "job", "id": call, "job": job, "checkpoint_folder": str(checkpoint_folder),
                         "report_tags": report_tags})
         from ray.util.queue import Empty
@@ -179,10 +178,7 @@ class ResidentWorkers:
                 continue
             if message["kind"] == "error":
                 raise RunError(f"unlearning failed: {message['error']}")
-            summary = message["summary"]
-            clock = summary["clock"]
-            summary["clock"] = {"entered": clock["entered"], "left": clock["left"], "submitted": submitted}
-            return summary
+            return message["summary"]
 
 
 def resident_loop_per_worker(config: dict[str, Any]) -> None:

@@ -315,10 +315,7 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
     # What Ray Train itself took (wall clock of one machine; approximate across nodes): from `fit` to the train
     # function's start (controller, placement group, worker processes, their imports) and from its end to `fit`'s
     # return (the final report taken, the worker group shut down).
-    clock = summary.pop("clock")
-    summary["timings"].update(ray_train_start=round(clock["entered"] - fit_called, 3),
-                              ray_train_finish=round(time.time() - clock["left"], 3))
-    return summary
+    return _with_ray_train_timings(summary, fit_called)
 
 
 def _fit_resident(workers: ResidentWorkers, job: TrainJob, output: Path, run_name: str,
@@ -326,10 +323,17 @@ def _fit_resident(workers: ResidentWorkers, job: TrainJob, output: Path, run_nam
     """`_fit` on resident workers: the same summary, Ray Train's start and finish being the feed's round trip."""
     job = replace(job, model_dir=str(output / EXPORT_DIR))
     tags = {"run": run_name, "method": job.method_name, **({"tokens_per_step": per_step} if per_step else {})}
+    submitted = time.time()
     summary = workers.run(job, run_state.resident_checkpoint(output, run_name), tags)
     run_state.release(output, run_name)
+    return _with_ray_train_timings(summary, submitted)
+
+
+def _with_ray_train_timings(summary: dict[str, Any], submitted: float) -> dict[str, Any]:
+    """What Ray Train itself took (wall clock of one machine; approximate across nodes), from rank 0's clock: from
+    handing the job over to the train function's start, and from its end to the summary's return."""
     clock = summary.pop("clock")
-    summary["timings"].update(ray_train_start=round(clock["entered"] - clock["submitted"], 3),
+    summary["timings"].update(ray_train_start=round(clock["entered"] - submitted, 3),
                               ray_train_finish=round(time.time() - clock["left"], 3))
     return summary
 

@@ -18,13 +18,14 @@ restart after a worker failure (`FailureConfig(max_failures)`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
@@ -74,7 +75,8 @@ def _report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
 class UnlearningWorker:
     """One Ray Train worker's share of an unlearning run."""
 
-    def __init__(self, job: TrainJob) -> None:
+    def __init__(self, job: TrainJob, checkpoint_folder: Path | None = None,
+                 report_tags: dict[str, Any] | None = None) -> None:
         import ray.train
 
         self.job = job
@@ -97,8 +99,8 @@ class UnlearningWorker:
         self.report_progress = True
         # Resident workers (`orchestrator/resident.py`) serve many runs from one Ray Train run: each run's resumable
         # checkpoint is a folder of its own (not Ray Train's), and its reports say which run they belong to.
-        self.checkpoint_folder: Path | None = None
-        self.report_tags: dict[str, Any] = {}
+        self.checkpoint_folder = checkpoint_folder
+        self.report_tags = dict(report_tags or {})
 
     # --- setup --------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -286,18 +288,13 @@ class UnlearningWorker:
         """Every rank saves its part (DeepSpeed: its ZeRO shard; plain torch: rank 0 only) and reports its folder.
 
         Resident workers write rank 0's files into the run's own checkpoint folder instead (plain engines only),
-        beside it and renamed into place, so that a reader never sees half a checkpoint."""
+        renamed into place (`_written_in_place`), so that a reader never sees half a checkpoint."""
         metrics = {"epoch": float(self.epoch), "step": self.global_step, "checkpoint": 1.0}
         if self.checkpoint_folder is not None:
             if self.rank == 0:
-                import shutil
-
-                partial = self.checkpoint_folder.with_name(self.checkpoint_folder.name + ".partial")
-                shutil.rmtree(partial, ignore_errors=True)
-                partial.mkdir(parents=True)
-                self._save_checkpoint(str(partial))
-                shutil.rmtree(self.checkpoint_folder, ignore_errors=True)
-                partial.rename(self.checkpoint_folder)
+                with _written_in_place(self.checkpoint_folder) as partial:
+                    partial.mkdir(parents=True)
+                    self._save_checkpoint(str(partial))
             self._tagged_report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
@@ -319,24 +316,17 @@ class UnlearningWorker:
     def export(self) -> None:
         """Rank 0 writes the consolidated HF model (LoRA merged) and the tokenizer into `job.model_dir`, once.
 
-        Written into a sibling folder and renamed into place, so that a reader never sees half a model and an
-        earlier run's files (another shard layout) do not linger beside the new ones.
+        Written into a sibling folder and renamed into place (`_written_in_place`).
         """
         state = self.engine.full_state_dict()  # a collective under ZeRO-3: every rank takes part
         if self.rank != 0 or self.job.model_dir is None:
             return
-        import shutil
+        with _written_in_place(Path(self.job.model_dir)) as partial:
+            self._export_model(state).save_pretrained(partial, safe_serialization=True)
+            if self.job.tokenizer_dir:
+                from orchestrator.prepare import load_tokenizer
 
-        target = Path(self.job.model_dir)
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        self._export_model(state).save_pretrained(partial, safe_serialization=True)
-        if self.job.tokenizer_dir:
-            from orchestrator.prepare import load_tokenizer
-
-            load_tokenizer(self.job.tokenizer_dir).save_pretrained(partial)
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
+                load_tokenizer(self.job.tokenizer_dir).save_pretrained(partial)
 
     def evaluate(self) -> dict[str, Any] | None:
         """The unlearned model's `EvalReport` dict on rank 0 (None elsewhere, or without `job.evaluation`)."""
@@ -424,6 +414,19 @@ class UnlearningWorker:
         return gathered
 
 
+@contextlib.contextmanager
+def _written_in_place(target: Path) -> Iterator[Path]:
+    """A sibling folder to write `target`'s files into, renamed over `target` when the block ends: a reader never
+    sees half of it, and files of an earlier version (another shard layout) do not linger beside the new ones."""
+    import shutil
+
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    yield partial
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+
+
 def _fault_injection(cfg: dict[str, Any], rank: int, global_step: int) -> None:
     """Fault-injection hook for the worker-failure test (tests/orchestrator/test_distributed.py); inert otherwise.
 
@@ -487,9 +490,7 @@ def unlearn_on_worker(job: TrainJob, checkpoint_folder: Path | None = None,
     `checkpoint_folder`: resident workers' own resumable checkpoint for this run (else Ray Train's);
     `report_tags`: added to every report, so that a resident worker group's callbacks know whose it is."""
     started = time.perf_counter()
-    worker = UnlearningWorker(job)
-    worker.checkpoint_folder = checkpoint_folder
-    worker.report_tags = dict(report_tags or {})
+    worker = UnlearningWorker(job, checkpoint_folder, report_tags)
     worker.setup()
     set_up = time.perf_counter()
     worker.train()
