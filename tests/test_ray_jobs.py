@@ -24,19 +24,11 @@ import pytest
 import yaml
 
 from tests.orchestrator.test_metrics import free_port, scrape_until
+from tests.tiny_run import tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SMALL = {
-    "name": "jobs",
-    "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
-                       "vocab_size": 300},
-              "pretrain": None, "finetune": {"epochs": 2, "batch_size": 32}},
-    "data": {"synthetic": {"n_people": 10, "questions_per_person": 2}},
-    "method": {"name": "graddiff"},
-    "train": {"epochs": 3, "batch_size": 1},
-    "eval": {"max_per_split": 4, "max_new_tokens": 4},
-}
+SMALL = {"name": "jobs", **tiny_run(method={"name": "graddiff"})}
 PORT_FLAGS = ("port", "dashboard-port", "metrics-export-port", "ray-client-server-port", "dashboard-agent-listen-port",
               "dashboard-agent-grpc-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port")
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from orchestrator.ray_session import named_address, started_cluster_address
+from tests.tiny_run import tiny_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,15 +86,7 @@ def test_workers_default_to_the_cpus_ray_has_free(private_ray):
     assert _default_cpus_per_worker(parse_config({"train": {"workers": 2}})) == 1  # at least one each
 
 
-SMALL = {
-    "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
-                       "vocab_size": 300},
-              "pretrain": None, "finetune": {"epochs": 2, "batch_size": 32}},
-    "data": {"synthetic": {"n_people": 10, "questions_per_person": 2}},
-    "method": {"name": "ga"},
-    "train": {"epochs": 3, "batch_size": 1},
-    "eval": {"max_per_split": 4, "max_new_tokens": 4},
-}
+SMALL = tiny_run()
 
 
 @pytest.mark.slow

@@ -15,18 +15,10 @@ import pytest
 from orchestrator import run_state
 from orchestrator.config import ConfigError, parse_config
 from orchestrator.resident import ResidentWorkers
+from tests.tiny_run import tiny_run
 
 EPOCHS = 4
-SMALL = {
-    "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
-                       "vocab_size": 300},
-              "pretrain": None, "finetune": {"epochs": 2, "batch_size": 32}},
-    "data": {"synthetic": {"n_people": 10, "questions_per_person": 2}},  # 2 forget rows: 2 steps an epoch
-    "method": {"name": "ga"},
-    "train": {"epochs": EPOCHS, "batch_size": 1, "lr": 1e-4, "log_every": 1},
-    "eval": {"max_per_split": 4, "max_new_tokens": 4},
-    "ray": {"num_cpus": 2},
-}
+SMALL = tiny_run(train={"epochs": EPOCHS, "lr": 1e-4, "log_every": 1}, ray={"num_cpus": 2})
 
 
 def _config(output: Path, **overrides):

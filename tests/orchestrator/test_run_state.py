@@ -19,6 +19,7 @@ import yaml
 
 from orchestrator import run_state
 from orchestrator.config import ConfigError, parse_config
+from tests.tiny_run import tiny_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,15 +66,7 @@ def test_a_run_under_another_runs_name_is_refused_before_preparation(tmp_path, m
 
 
 EPOCHS = 30
-SMALL = {
-    "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
-                       "vocab_size": 300},
-              "pretrain": None, "finetune": {"epochs": 2, "batch_size": 32}},
-    "data": {"synthetic": {"n_people": 10, "questions_per_person": 2}},  # 2 forget rows: 2 steps an epoch
-    "method": {"name": "ga"},
-    "train": {"epochs": EPOCHS, "batch_size": 1, "lr": 1e-4, "checkpoint_every_epochs": 1, "log_every": 1000},
-    "eval": {"max_per_split": 4, "max_new_tokens": 4},
-}
+SMALL = tiny_run(train={"epochs": EPOCHS, "lr": 1e-4, "checkpoint_every_epochs": 1, "log_every": 1000})
 
 
 @pytest.mark.slow
