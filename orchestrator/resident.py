@@ -77,8 +77,9 @@ class ResidentWorkers:
         if not ray.is_initialized():
             raise RuntimeError("ResidentWorkers.start needs a connected Ray (orchestrator.ray_session.connect_ray)")
         if self.cpus_per_worker is None:
-            free = int(ray.available_resources().get("CPU", 0))
-            self.cpus_per_worker = max(1, free // self.workers)
+            from orchestrator.run import free_cpus_per_worker
+
+            self.cpus_per_worker = free_cpus_per_worker(self.workers)
         self._feed = ray.util.queue.Queue(actor_options={"num_cpus": 0})
         self._results = ray.util.queue.Queue(actor_options={"num_cpus": 0})
         self._storage = Path(tempfile.mkdtemp(prefix="ray-unlearn-resident-"))

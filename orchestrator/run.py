@@ -339,15 +339,19 @@ def _with_ray_train_timings(summary: dict[str, Any], submitted: float) -> dict[s
 
 
 def _default_cpus_per_worker(config: ExperimentConfig) -> int:
-    """The CPUs Ray has free now, shared by the workers, at least 1 each.
+    """`free_cpus_per_worker` for the config's workers (before Ray starts: of the private Ray it would start)."""
+    return free_cpus_per_worker(config.train.workers, config.ray.num_cpus or os.cpu_count() or 1)
+
+
+def free_cpus_per_worker(workers: int, without_ray: int = 1) -> int:
+    """The CPUs Ray has free now (`without_ray` when not connected), shared by the workers, at least 1 each.
 
     Free, not total: inside a Tune trial (or beside another run) the trial already holds some of the cluster's
     CPUs, and workers asking for all of them would never be scheduled."""
     import ray
 
-    free = int(ray.available_resources().get("CPU", 0)) if ray.is_initialized() else (
-        config.ray.num_cpus or os.cpu_count() or 1)
-    return max(1, free // config.train.workers)
+    free = int(ray.available_resources().get("CPU", 0)) if ray.is_initialized() else without_ray
+    return max(1, free // workers)
 
 
 def _tensor(ids: list[int]):
