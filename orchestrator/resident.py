@@ -35,7 +35,8 @@ from typing import Any, Callable
 from orchestrator.config import ConfigError
 from orchestrator.feed import next_message, worker_env
 
-RESULT_POLL_S = 0.05  # the driver's wait on the results queue before it checks that the worker group still runs
+RESULT_POLL_S = 1.0  # the driver's wait on the results queue (a result ends it at once) between checks that the
+# worker group still runs: a short wait would keep the driver and the queue actor busy with empty calls
 STOP_WAIT_S = 60.0
 
 
@@ -44,17 +45,19 @@ class ResidentWorkers:
 
     `workers`, `cpus_per_worker` and `use_gpu` fix its shape; a config asking for another shape is refused. CPUs
     per worker default to the CPUs Ray has free when the group starts, shared by the workers. Started by the first
-    call (or `start()`), stopped by `close()` or the end of a `with` block.
+    call (or `start()`), stopped by `close()` or the end of a `with` block. `storage_root`: where the group's own
+    Ray Train state goes (a folder of its own under it, removed by `close()`); default: the system's temp folder.
     """
 
     def __init__(self, workers: int = 1, cpus_per_worker: int | None = None, use_gpu: bool = False,
-                 progress: Callable[[str], None] = print) -> None:
+                 progress: Callable[[str], None] = print, storage_root: str | Path | None = None) -> None:
         if workers < 1:
             raise ConfigError(f"resident workers: workers={workers} must be >= 1")
         if cpus_per_worker is not None and cpus_per_worker < 1:
             raise ConfigError(f"resident workers: cpus_per_worker={cpus_per_worker} must be >= 1")
         self.workers, self.cpus_per_worker, self.use_gpu = workers, cpus_per_worker, use_gpu
         self.progress = progress
+        self.storage_root = Path(storage_root) if storage_root is not None else None
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -82,7 +85,9 @@ class ResidentWorkers:
             self.cpus_per_worker = free_cpus_per_worker(self.workers)
         self._feed = ray.util.queue.Queue(actor_options={"num_cpus": 0})
         self._results = ray.util.queue.Queue(actor_options={"num_cpus": 0})
-        self._storage = Path(tempfile.mkdtemp(prefix="ray-unlearn-resident-"))
+        if self.storage_root is not None:
+            self.storage_root.mkdir(parents=True, exist_ok=True)
+        self._storage = Path(tempfile.mkdtemp(prefix="ray-unlearn-resident-", dir=self.storage_root))
         trainer = TorchTrainer(
             resident_loop_per_worker,
             train_loop_config={"feed": self._feed, "results": self._results},
@@ -154,15 +159,19 @@ class ResidentWorkers:
         if wrong:
             raise ConfigError(f"the run does not fit the resident workers: {', '.join(wrong)}")
 
-    def run(self, job: Any, checkpoint_folder: Path, report_tags: dict[str, Any]) -> dict[str, Any]:
-        """Run one `TrainJob` on the worker group; returns rank 0's summary (as `train_loop_per_worker` does)."""
+    def run(self, job: Any, checkpoint_folder: Path, report_tags: dict[str, Any],
+            on_report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Run one `TrainJob` on the worker group; returns rank 0's summary (as `train_loop_per_worker` does).
+
+        `on_report`: called here, on the caller's thread, with each of the run's progress reports (the metrics a
+        Ray Train callback sees), as they arrive."""
         from orchestrator.run import RunError, _last_line
 
         self.check_fits(job.train)
         self.start()
         call = next(self._ids)
         self._feed.put({"kind": "job", "id": call, "job": job, "checkpoint_folder": str(checkpoint_folder),
-                        "report_tags": report_tags})
+                        "report_tags": report_tags, "forward_reports": on_report is not None})
         from ray.util.queue import Empty
 
         while True:
@@ -176,6 +185,10 @@ class ResidentWorkers:
                                    f"{_last_line(error) if error else 'no error reported'}") from error
                 continue
             if message.get("id") != call:  # a result of a call abandoned earlier (its caller was interrupted)
+                continue
+            if message["kind"] == "report":
+                if on_report is not None:
+                    on_report(message["metrics"])
                 continue
             if message["kind"] == "error":
                 raise RunError(f"unlearning failed: {message['error']}")
@@ -197,15 +210,19 @@ def resident_loop_per_worker(config: dict[str, Any]) -> None:
         if message["kind"] == "stop":
             return None
         entered = time.time()
-        job = message["job"]
+        job, call = message["job"], message["id"]
+        forward = None
+        if message.get("forward_reports") and rank == 0:
+            def forward(metrics: dict[str, Any], call: int = call) -> None:
+                config["results"].put({"kind": "report", "id": call, "metrics": metrics})
         try:
             prepare_worker_process(job)
-            summary = unlearn_on_worker(job, Path(message["checkpoint_folder"]), message["report_tags"])
+            summary = unlearn_on_worker(job, Path(message["checkpoint_folder"]), message["report_tags"], forward)
         except Exception as err:  # this run failed; the worker group serves the next one
             if rank == 0:
                 lines = traceback.format_exception_only(type(err), err)
-                config["results"].put({"kind": "error", "id": message["id"], "error": lines[-1].strip()})
+                config["results"].put({"kind": "error", "id": call, "error": lines[-1].strip()})
             continue
         if rank == 0:
             summary["clock"] = {"entered": entered, "left": time.time()}
-            config["results"].put({"kind": "done", "id": message["id"], "summary": summary})
+            config["results"].put({"kind": "done", "id": call, "summary": summary})

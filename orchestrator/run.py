@@ -73,6 +73,7 @@ def run_unlearning(
     run_name: str | None = None,
     callbacks: Sequence[Any] | None = None,
     workers: ResidentWorkers | None = None,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress = print,
 ) -> RunResult:
     """Unlearn `config.data`'s forget set from the target model (or from `target`, a model folder, when given).
@@ -85,11 +86,14 @@ def run_unlearning(
     (for an explicit `target` without `before`, its evaluation runs here, on the driver, before training).
     `workers`: resident Ray Train workers (`orchestrator/resident.py`) that serve this call and later ones, instead
     of a `TorchTrainer` started (and its worker processes spawned) for this call alone; no `callbacks` then, since
-    their one Ray Train run serves every call.
+    their one Ray Train run serves every call; `on_report` instead sees each of this run's progress reports on the
+    calling thread (e.g. a Tune trial's `tune.report`, as `TuneReportCallback` would for a `TorchTrainer`).
     """
     if workers is not None and callbacks:
         raise ValueError("callbacks reach a TorchTrainer's RunConfig; resident workers serve every call from one "
                          "Ray Train run: pass callbacks or workers, not both")
+    if on_report is not None and workers is None:
+        raise ValueError("on_report is for resident workers; a TorchTrainer per call takes Ray Train callbacks")
     started = time.perf_counter()
     output = config.resolved_output_dir().resolve()
     target_dir = str(target) if target is not None else None
@@ -128,7 +132,8 @@ def run_unlearning(
         watch = TrainingMetricsCallback.for_job(run_name, job, config.train.workers)  # Ray dashboard metrics
         train_summary = _fit(config, job, output, progress, run_name=run_name, callbacks=[*(callbacks or ()), watch])
     else:
-        train_summary = _fit_resident(workers, job, output, run_name, tokens_per_step(job, config.train.workers))
+        train_summary = _fit_resident(workers, job, output, run_name, tokens_per_step(job, config.train.workers),
+                                      on_report)
     t_trained = time.perf_counter()
     worker = train_summary["timings"]
     result = RunResult(
@@ -319,12 +324,12 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
 
 
 def _fit_resident(workers: ResidentWorkers, job: TrainJob, output: Path, run_name: str,
-                  per_step: float | None) -> dict[str, Any]:
+                  per_step: float | None, on_report: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     """`_fit` on resident workers: the same summary, Ray Train's start and finish being the feed's round trip."""
     job = replace(job, model_dir=str(output / EXPORT_DIR))
     tags = {"run": run_name, "method": job.method_name, **({"tokens_per_step": per_step} if per_step else {})}
     submitted = time.time()
-    summary = workers.run(job, run_state.resident_checkpoint(output, run_name), tags)
+    summary = workers.run(job, run_state.resident_checkpoint(output, run_name), tags, on_report)
     run_state.release(output, run_name)
     return _with_ray_train_timings(summary, submitted)
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
@@ -76,7 +76,8 @@ class UnlearningWorker:
     """One Ray Train worker's share of an unlearning run."""
 
     def __init__(self, job: TrainJob, checkpoint_folder: Path | None = None,
-                 report_tags: dict[str, Any] | None = None) -> None:
+                 report_tags: dict[str, Any] | None = None,
+                 on_report: Callable[[dict[str, Any]], None] | None = None) -> None:
         import ray.train
 
         self.job = job
@@ -101,6 +102,9 @@ class UnlearningWorker:
         # checkpoint is a folder of its own (not Ray Train's), and its reports say which run they belong to.
         self.checkpoint_folder = checkpoint_folder
         self.report_tags = dict(report_tags or {})
+        # ... and a resident run's caller may want them too (a Tune trial forwards them, as `TuneReportCallback`
+        # does for a `TorchTrainer` of its own): rank 0 hands each one, untagged, to `on_report`.
+        self.on_report = on_report if self.rank == 0 else None
 
     # --- setup --------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -311,6 +315,8 @@ class UnlearningWorker:
 
     def _tagged_report(self, metrics: dict[str, Any]) -> None:
         _report({**metrics, **self.report_tags})
+        if self.on_report is not None:
+            self.on_report(dict(metrics))
 
     # --- export, evaluate, finish ----------------------------------------------------------------------------
     def export(self) -> None:
@@ -484,13 +490,15 @@ def prepare_worker_process(job: TrainJob) -> None:
 
 
 def unlearn_on_worker(job: TrainJob, checkpoint_folder: Path | None = None,
-                      report_tags: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                      report_tags: dict[str, Any] | None = None,
+                      on_report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
     """One worker's whole run (set-up, train, evaluate, export, finish); rank 0 returns the run's summary.
 
     `checkpoint_folder`: resident workers' own resumable checkpoint for this run (else Ray Train's);
-    `report_tags`: added to every report, so that a resident worker group's callbacks know whose it is."""
+    `report_tags`: added to every report, so that a resident worker group's callbacks know whose it is;
+    `on_report`: rank 0 also hands it every report (untagged), for the resident run's caller."""
     started = time.perf_counter()
-    worker = UnlearningWorker(job, checkpoint_folder, report_tags)
+    worker = UnlearningWorker(job, checkpoint_folder, report_tags, on_report)
     worker.setup()
     set_up = time.perf_counter()
     worker.train()

@@ -106,6 +106,11 @@ class SweepConfig(_Section):
                              "within this (absolute) of the method's best cell.")
     asha: AshaConfig | None = Field(None, description="Early stopping; null: every trial runs to the end.")
     time_budget_s: float | None = Field(None, gt=0, description="Stop starting trials after this long (per study).")
+    trial_workers: Literal["auto", "resident", "per_trial"] = Field(
+        "auto", description="per_trial: each trial builds its own TorchTrainer (Ray Train V2's Tune pattern: fresh "
+        "worker processes per trial, 7-12 s of start on a small machine); resident: each concurrent slot keeps one "
+        "Ray Train worker group that serves its trials one after another (orchestrator/resident.py); auto: resident "
+        "unless ASHA (a stopped trial must take its Ray Train run down) or train.deepspeed asks for per_trial.")
     keep_models: bool = Field(False, description="Keep every trial's unlearned model (7B: 13 GB each).")
     output_dir: str | None = Field(None, description="Sweep folder; default runs/<name>-sweep.")
 
@@ -118,6 +123,9 @@ class SweepConfig(_Section):
             overlap = set(sweep.space) & set(sweep.hparams)
             if overlap:
                 raise ValueError(f"sweep.methods.{name}: {sorted(overlap)} both fixed in hparams and swept in space")
+        if self.trial_workers == "resident" and self.asha is not None:
+            raise ValueError("sweep.trial_workers=resident cannot run with sweep.asha: a trial ASHA stops must take "
+                             "its Ray Train run down with it; use trial_workers: per_trial (or auto)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"sweep.seeds has repeats: {self.seeds}")
         return self

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any, Callable
 from orchestrator.config import ConfigError, ExperimentConfig, parse_config
 from orchestrator.sweep import space
 from orchestrator.sweep.config import SweepConfig
-from orchestrator.sweep.trainable import TIMING_PREFIX, run_trial
+from orchestrator.sweep.trainable import RESIDENT_DIR, TIMING_PREFIX, run_trial
 
 Progress = Callable[[str], None]
 CONFIG_FILE = "sweep_config.json"
@@ -65,10 +66,23 @@ def train_defaults(config: ExperimentConfig, method: str) -> dict[str, Any]:
 
 
 def check_sweep(config: ExperimentConfig) -> int:
-    """Refuse a sweep larger than its budget (torch- and Ray-free: the CLI calls it before importing them)."""
+    """Refuse a sweep larger than its budget, or resident trials of DeepSpeed runs (torch- and Ray-free: the CLI
+    calls it before importing them)."""
     if config.sweep is None:
         raise ConfigError("the config has no `sweep:` section (see experiments/sweep_default.yaml)")
+    if config.sweep.trial_workers == "resident" and config.train.deepspeed:
+        raise ConfigError("sweep.trial_workers=resident runs plain PyTorch engines only (DeepSpeed keeps "
+                          "process-wide state between engines); use trial_workers: per_trial (or auto) with "
+                          "train.deepspeed")
     return config.sweep.check_budget({m: train_defaults(config, m) for m in config.sweep.methods})
+
+
+def resident_trials(config: ExperimentConfig) -> bool:
+    """Whether the sweep's trials run on resident worker groups, one per slot, rather than a TorchTrainer each."""
+    assert config.sweep is not None
+    if config.sweep.trial_workers == "auto":
+        return config.sweep.asha is None and not config.train.deepspeed
+    return config.sweep.trial_workers == "resident"
 
 
 def max_concurrent(config: ExperimentConfig) -> int:
@@ -139,6 +153,7 @@ def _run(config: ExperimentConfig, folder: Path, resume: bool, progress: Progres
             progress(f"study {name!r}: {len(grids[-1])} trials in {time.perf_counter() - study_started:.0f} s")
     finally:  # an interrupted session's time counts too: the sweep's wall time is the sum over its sessions
         sessions = _record_session(folder, time.perf_counter() - started, slots, resume)
+        shutil.rmtree(folder / RESIDENT_DIR, ignore_errors=True)  # the slots' Ray Train state (their actors are gone)
     trials = [_trial_record(r) for grid in grids for r in grid]
     summary, summary_path, report_path = write_sweep_report(config, folder, trials, defaults, slots, sessions)
     return SweepResult(folder, summary, summary_path, report_path)
@@ -151,13 +166,15 @@ def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str]
 
     sweep = config.sweep
     assert sweep is not None
+    resident = resident_trials(config)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=json.loads(config.model_dump_json()), sweep_dir=str(folder),
-                             prepared=prepared),
+                             prepared=prepared, resident=resident),
         TRIAL_DRIVER_RESOURCES)
     path = folder / TUNE_DIR / name
     optuna = sweep.search == "optuna"
-    cells = [] if optuna else [c for m in members for c in space.method_cells(sweep, m, defaults[m])]
+    cells = [] if optuna else space.longest_first(
+        sweep, [c for m in members for c in space.method_cells(sweep, m, defaults[m])], defaults)
     total = sweep.num_samples * len(sweep.seeds) if optuna else (
         len(cells) * len(sweep.seeds) * (sweep.num_samples if sweep.search == "grid" else 1))
     if resume and tune.Tuner.can_restore(str(path)):
@@ -187,9 +204,10 @@ def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str]
                                   grace_period=a.grace_period, reduction_factor=a.reduction_factor)
     tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                   max_concurrent_trials=slots, time_budget_s=sweep.time_budget_s,
-                                  # A reused trial actor imports torch and the run code once per slot; but a trial
-                                  # ASHA stops must take its Ray Train run down with it (the controller is owned by,
-                                  # and dies with, the trial's actor), so under ASHA actors are not reused.
+                                  # A reused trial actor imports torch and the run code once per slot, and keeps
+                                  # its resident worker group; but a trial ASHA stops must take its Ray Train run
+                                  # down with it (the controller is owned by, and dies with, the trial's actor), so
+                                  # under ASHA actors are not reused.
                                   reuse_actors=sweep.asha is None,
                                   trial_dirname_creator=lambda trial: trial.trial_id)
     from orchestrator.sweep.monitor import SweepMetricsCallback
@@ -197,7 +215,8 @@ def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str]
     run_config = tune.RunConfig(name=name, storage_path=str(folder / TUNE_DIR), verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=0),
                                 callbacks=[SweepMetricsCallback(name)])
-    progress(f"study {name!r}: {', '.join(members)}, {sweep.search} search, {slots} trial(s) at once")
+    progress(f"study {name!r}: {', '.join(members)}, {sweep.search} search, {slots} trial(s) at once"
+             + (", each slot on resident Ray Train workers" if resident else ", a TorchTrainer per trial"))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config), total
 
 
@@ -208,7 +227,7 @@ def _trial_record(result) -> dict[str, Any]:
     # No final report: stopped early by ASHA, or cut short by an interruption (then `--resume` runs it again).
     status = "error" if result.error else ("complete" if metrics.get("final") else "incomplete")
     keep = ("rouge_efficacy", "forget_quality", "utility", "forget_rouge_l", "retain_rouge_l", "model_utility",
-            "mia_auc", "score", "score_forget_quality", "seconds", "step", "train_lr", "train_epochs")
+            "mia_auc", "score", "score_forget_quality", "seconds", "step", "train_lr", "train_epochs", "slot", "slot_group_starts")
     record = {"trial_id": metrics.get("trial_id") or Path(result.path).name, "method": cell["method"],
               "params": dict(cell["params"]), "seed": result.config["seed"], "status": status,
               **{k: metrics.get(k) for k in keep},

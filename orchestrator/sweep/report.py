@@ -72,7 +72,14 @@ def build_summary(config: ExperimentConfig, trials: Sequence[dict[str, Any]], de
     train_eval = sum((t["timings"].get("train_loop") or 0) + (t["timings"].get("evaluate") or 0) for t in done)
     wall_total = sum(s["wall_seconds"] for s in sessions)
     ideal = train_eval / slots if slots else None
-    timing = {"wall_seconds": round(sessions[-1]["wall_seconds"], 2) if sessions else None,
+    from orchestrator.sweep.driver import resident_trials
+
+    resident = resident_trials(config)
+    groups = {(t.get("slot"), t.get("slot_group_starts")) for t in done if t.get("slot")}
+    timing = {"trial_workers": "resident" if resident else "per_trial",
+              # resident: the Ray Train worker groups that served the trials (a TorchTrainer per trial: one each)
+              "worker_groups": len(groups) if resident else len(done),
+              "wall_seconds": round(sessions[-1]["wall_seconds"], 2) if sessions else None,
               "wall_seconds_total": round(wall_total, 2), "sessions": len(sessions), "slots": slots,
               "sum_train_loop_evaluate": round(train_eval, 2),
               "sum_trial_seconds": round(sum(t.get("seconds") or 0 for t in done), 2),
@@ -157,7 +164,9 @@ def markdown(summary: dict[str, Any], images: Sequence[tuple[str, str]]) -> str:
     lines = [f"# Sweep: {summary['experiment']}", "",
              f"{summary['search']} search over {', '.join(summary['methods'])}; seeds {summary['seeds']}; trials: "
              + ", ".join(f"{n} {s}" for s, n in sorted(summary["status"].items()))
-             + f". Wall time {_f(timing['wall_seconds_total'], 1)} s with {timing['slots']} trial(s) at once.", "",
+             + f". Wall time {_f(timing['wall_seconds_total'], 1)} s with {timing['slots']} trial(s) at once"
+             + (f", served by {timing['worker_groups']} resident Ray Train worker group(s)."
+                if timing.get("trial_workers") == "resident" else ", a TorchTrainer per trial."), "",
              "## Measures", ""]
     lines += [f"- **{k}**: {v}" for k, v in summary["definitions"].items()]
     lines += ["", f"The robustness figures use **{primary}** as forget efficacy; tolerance "

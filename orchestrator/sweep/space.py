@@ -60,6 +60,21 @@ def method_cells(sweep: SweepConfig, method: str, train_defaults: dict[str, Any]
     return cells
 
 
+def longest_first(sweep: SweepConfig, cells: list[dict], train_defaults: dict[str, dict[str, Any]]) -> list[dict]:
+    """The cells in the order trials are queued: the longest expected training first (epochs x passes per step: a
+    forward and a backward, and one more forward where the method keeps a frozen reference model), ties in their
+    given order. Longest-first keeps the last round short: the slot that finishes first then waits on a short trial,
+    not on NPO at ten epochs. Only the order changes, never a trial's config or result."""
+
+    def cost(cell: dict) -> float:
+        method, params = cell["method"], cell["params"]
+        epochs = params.get("epochs", train_defaults[method]["epochs"])
+        hparams = {**sweep.methods[method].hparams, **{k: v for k, v in params.items() if k not in TRAIN_PARAMS}}
+        return epochs * (3 if methods.needs_reference(method, hparams) else 2)
+
+    return sorted(cells, key=cost, reverse=True)
+
+
 def _draw(dim: Dimension, name: str, rng: np.random.Generator) -> Any:
     if dim.kind == "choice":
         return dim.choice[int(rng.integers(len(dim.choice)))]

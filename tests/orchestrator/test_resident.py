@@ -41,6 +41,8 @@ def test_a_run_that_does_not_fit_the_group_is_refused_before_any_work(tmp_path, 
         run.run_unlearning(_config(tmp_path, **{"train.cpus_per_worker": 2}), workers=workers, progress=print)
     with pytest.raises(ValueError, match="callbacks or workers, not both"):
         run.run_unlearning(_config(tmp_path), workers=workers, callbacks=[object()], progress=print)
+    with pytest.raises(ValueError, match="on_report is for resident workers"):
+        run.run_unlearning(_config(tmp_path), on_report=print, progress=print)
     with pytest.raises(ConfigError, match="plain PyTorch engines only"):
         workers.check_fits({"workers": 1, "deepspeed": "cluster/deepspeed/zero3.json"})
     with pytest.raises(ConfigError, match="workers=0 must be >= 1"):
@@ -70,8 +72,10 @@ def test_resident_workers_serve_runs_as_a_trainer_per_call_does(tmp_path):
 
     connect_ray(None, 2, progress=print)
     alone = run_unlearning(_config(tmp_path / "alone"), progress=print)
-    with ResidentWorkers(workers=1) as workers:
-        first = run_unlearning(_config(tmp_path / "first"), workers=workers, progress=print)
+    reports: list[dict] = []
+    with ResidentWorkers(workers=1, storage_root=tmp_path / "group-state") as workers:
+        first = run_unlearning(_config(tmp_path / "first"), workers=workers, on_report=reports.append,
+                               progress=print)
         second = run_unlearning(_config(tmp_path / "second", **{"method.name": "npo"}), workers=workers,
                                 progress=print)
         again = run_unlearning(_config(tmp_path / "again"), workers=workers, progress=print)
@@ -90,6 +94,13 @@ def test_resident_workers_serve_runs_as_a_trainer_per_call_does(tmp_path):
         assert run_unlearning(_config(tmp_path / "after-failure"), workers=workers, progress=print).after
         assert workers.starts == 1 and workers.alive
     assert not workers.alive
+    assert list((tmp_path / "group-state").iterdir()) == []  # the group's own Ray Train state went with it
+
+    # The caller saw every progress report of its run, on its own thread, without the group's tags.
+    progress_reports = [r for r in reports if "loss" in r]
+    assert [r["step"] for r in progress_reports] == [h["step"] for h in first.history]
+    assert [r["loss"] for r in progress_reports] == pytest.approx(_losses(first))
+    assert not any({"run", "method"} & set(r) for r in reports)
 
     # Nothing carries over from one run to the next: the same config gives the same run either way.
     assert first.settings["cpus_per_worker"] == alone.settings["cpus_per_worker"] == 2

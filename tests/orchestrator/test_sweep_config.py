@@ -39,6 +39,9 @@ def test_the_yaml_spells_out_the_embedded_default_sweep():
     ({"methods": {"ga": {"space": {"lr": {"grid": [1e-4]}}}}, "search": "optuna"}, "use choice"),
     ({"methods": {"ga": {"space": {"lr": {"loguniform": [0, 1]}}}}, "search": "random"}, "lo > 0"),
     ({"methods": {"npo": {"space": {"beta": {"grid": [1]}}, "hparams": {"beta": 2}}}}, "both fixed"),
+    ({"methods": {"ga": {"space": {"lr": {"grid": [1e-4]}}}}, "asha": {}, "trial_workers": "resident"},
+     "trial_workers=resident cannot run with sweep.asha"),
+    ({"methods": {"ga": {"space": {"lr": {"grid": [1e-4]}}}}, "trial_workers": "pooled"}, "trial_workers"),
 ])
 def test_a_bad_space_is_one_config_error_at_load_time(sweep, message):
     with pytest.raises(ConfigError) as err:
@@ -54,6 +57,19 @@ def test_the_cli_refuses_a_bad_sweep_in_one_line_without_torch(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0 and "'ga' has no hyperparameter 'alpha'" in done.stderr
+
+
+def test_trials_run_on_resident_slots_unless_asha_or_deepspeed_needs_a_trainer_each():
+    from orchestrator.sweep.driver import resident_trials
+
+    assert resident_trials(sweep_config())
+    assert not resident_trials(sweep_config(trial_workers="per_trial"))
+    assert not resident_trials(sweep_config(asha={}))
+    zero3 = sweep_config().with_overrides(**{"train.deepspeed": "cluster/deepspeed/zero3.json"})
+    assert not resident_trials(zero3)
+    with pytest.raises(ConfigError, match="resident runs plain PyTorch engines only") as err:
+        check_sweep(zero3.with_overrides(**{"sweep.trial_workers": "resident"}))
+    assert "\n" not in str(err.value)
 
 
 def test_budget_counts_cells_seeds_and_a_missing_default_cell():
@@ -146,3 +162,16 @@ def test_summary_from_hand_made_trials():
     text = markdown(summary, [])
     assert ga["worst"] == pytest.approx(0.2 / 1.1)
     assert "| ga | 2 | 2 |" in text and "harmonic mean" in text
+
+
+def test_trials_are_queued_longest_training_first_without_changing_any_cell():
+    config = parse_config(DEFAULT_SWEEP_EXPERIMENT)
+    defaults = {m: train_defaults(config, m) for m in config.sweep.methods}
+    cells = [c for m in config.sweep.methods for c in space.method_cells(config.sweep, m, defaults[m])]
+    queued = space.longest_first(config.sweep, cells, defaults)
+    assert sorted(map(repr, queued)) == sorted(map(repr, cells))  # the same cells, reordered
+    # NPO keeps a reference model (3 passes a step) for 10 epochs: first; GA at 5 epochs (2 passes): last.
+    assert queued[0]["method"] == "npo" and queued[-1] == {"method": "ga", "params": {"lr": 1e-4, "epochs": 5},
+                                                         "is_default": False}
+    ga = [c["params"]["epochs"] for c in queued if c["method"] == "ga"]
+    assert ga == sorted(ga, reverse=True)

@@ -52,18 +52,40 @@ def tune_intervals(folder: Path, study: str = "all") -> dict[str, tuple[float, f
 
 
 @pytest.mark.slow
-def test_small_sweep_summary_and_front_agree_with_the_trials_own_metrics(tmp_path):
+def test_small_sweep_in_both_trial_modes_agrees_with_the_trials_own_metrics_and_across_modes(tmp_path):
+    """The same 4-trial sweep on resident slots (`auto`) and with a TorchTrainer per trial: each summary and front
+    agree with its trials' own run summaries, and the two modes give every cell the same metrics."""
+    by_mode = {mode: check_small_sweep(tmp_path / mode, mode) for mode in ("auto", "per_trial")}
+    assert by_mode["auto"].keys() == by_mode["per_trial"].keys()
+    for cell, metrics in by_mode["auto"].items():
+        other = by_mode["per_trial"][cell]
+        for key, value in metrics.items():
+            assert other[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (cell, key)
+
+
+def check_small_sweep(folder: Path, trial_workers: str) -> dict:
+    """Run the small sweep in `trial_workers` mode, check it, and return each cell's metrics."""
     from orchestrator.config import parse_config
     from orchestrator.sweep import analysis
     from orchestrator.sweep.driver import run_sweep
 
-    folder = tmp_path / "sweep"
-    config = parse_config(small_sweep(folder, {"ga": {"space": {"lr": {"grid": [1e-4, 3e-4]}}},
-                                               "undial": {"space": {"gamma": {"grid": [3.0, 30.0]}}}}, 2))
+    raw = small_sweep(folder, {"ga": {"space": {"lr": {"grid": [1e-4, 3e-4]}}},
+                               "undial": {"space": {"gamma": {"grid": [3.0, 30.0]}}}}, 2)
+    config = parse_config({**raw, "sweep": {**raw["sweep"], "trial_workers": trial_workers}})
     result = run_sweep(config, progress=lambda m: None)
     summary = json.loads((folder / "sweep_summary.json").read_text())
     assert summary == json.loads(json.dumps(result.summary, default=str))
     assert summary["status"] == {"complete": 4}
+    if trial_workers == "auto":  # resident slots: a worker group per reused trial actor, not one per trial
+        assert summary["timing"]["trial_workers"] == "resident"
+        slots = {t["slot"] for t in summary["trials"]}
+        # Two slots; Tune may retire an actor rather than cache it (then a third actor starts its own group).
+        assert 2 <= len(slots) <= 3 and {t["slot_group_starts"] for t in summary["trials"]} == {1}
+        assert summary["timing"]["worker_groups"] == len(slots) < 4
+        assert not (folder / "resident").exists()  # the slots' Ray Train state is removed with the sweep's end
+    else:
+        assert summary["timing"]["trial_workers"] == "per_trial" and summary["timing"]["worker_groups"] == 4
+        assert all(t["slot"] is None for t in summary["trials"])
 
     own = trial_points(folder)
     assert set(own) == {t["trial_id"] for t in summary["trials"]}
@@ -97,12 +119,20 @@ def test_small_sweep_summary_and_front_agree_with_the_trials_own_metrics(tmp_pat
         running += step
         peak = max(peak, running)
     assert peak == 2
+    # Every trial's training reports reached Tune while it trained (TuneReportCallback, or forwarded by its slot).
+    for i in ids:
+        reported = [json.loads(line) for line in (folder / "tune" / "all" / i / "result.json").read_text().splitlines()]
+        losses = [r["step"] for r in reported if "loss" in r]
+        assert losses and losses == sorted(losses) and reported[-1]["final"] == 1.0
     # TensorBoard logs through Tune, the report and its plots.
     assert all(list((folder / "tune" / "all" / i).glob("events.out.tfevents.*")) for i in ids)
     report = (folder / "sweep_report.md").read_text()
     assert "## Robustness" in report and "harmonic mean" in report
     assert (folder / "plots" / "tradeoff_rouge_efficacy.png").stat().st_size > 0
     assert (folder / "plots" / "expected_max.png").exists()
+    return {(t["method"], json.dumps(t["params"], sort_keys=True)): {k: t[k] for k in ("rouge_efficacy", "utility",
+                                                                                       "forget_quality", "score")}
+            for t in summary["trials"]}
 
 
 @pytest.mark.slow
@@ -113,7 +143,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
 
     folder = tmp_path / "sweep"
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(small_sweep(folder, {"ga": {"space": {"lr": {"grid": [5e-5, 1e-4, 3e-4]}}}}, 2)))
+    # Six short trials, two at a time: a resident slot runs one in a few seconds, so three would all be done before
+    # the interruption lands.
+    raw = small_sweep(folder, {"ga": {"space": {"lr": {"grid": [5e-5, 1e-4, 3e-4]}}}}, 2)
+    path.write_text(yaml.safe_dump({**raw, "sweep": {**raw["sweep"], "seeds": [0, 1]}}))
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", str(path)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -129,16 +162,16 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     finished = {t.trial_id: (folder / "trials" / t.trial_id / "summary.json").stat().st_mtime_ns
                 for t in ExperimentAnalysis(str(folder / "tune" / "all")).trials if t.status == "TERMINATED"}
     results = {i: (folder / "tune" / "all" / i / "result.json").read_text() for i in finished}
-    assert 1 <= len(finished) < 3
+    assert 1 <= len(finished) < 6
 
     result = resume_sweep(folder, progress=lambda m: None)
-    assert result.summary["status"] == {"complete": 3}
+    assert result.summary["status"] == {"complete": 6}
     assert {t["trial_id"] for t in result.summary["trials"]} >= set(finished)
     # The trials that had finished were not run again: their run summaries and Tune results are untouched.
     for trial_id, mtime in finished.items():
         assert (folder / "trials" / trial_id / "summary.json").stat().st_mtime_ns == mtime
         assert (folder / "tune" / "all" / trial_id / "result.json").read_text() == results[trial_id]
-    assert len(trial_points(folder)) == 3
+    assert len(trial_points(folder)) == 6
     assert result.summary["timing"]["sessions"] == 2
 
 
