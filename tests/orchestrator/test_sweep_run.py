@@ -143,19 +143,21 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
 
     folder = tmp_path / "sweep"
     path = tmp_path / "sweep.yaml"
-    # Six short trials, two at a time: a resident slot runs one in a few seconds, so three would all be done before
-    # the interruption lands.
+    # Six trials of 20 epochs (~7 s each on a resident slot), two at a time: shorter ones were all done before the
+    # interruption landed.
     raw = small_sweep(folder, {"ga": {"space": {"lr": {"grid": [5e-5, 1e-4, 3e-4]}}}}, 2)
-    path.write_text(yaml.safe_dump({**raw, "sweep": {**raw["sweep"], "seeds": [0, 1]}}))
+    path.write_text(yaml.safe_dump({**raw, "train": {**raw["train"], "epochs": 20},
+                                    "sweep": {**raw["sweep"], "seeds": [0, 1]}}))
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", str(path)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 420
-    while not any('"final": 1.0' in p.read_text() for p in (folder / "tune" / "all").glob("*/result.json")):
+    # A trial's run summary is written just before its final report (Tune's result.json is flushed seconds later).
+    while not list((folder / "trials").glob("*/summary.json")):
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.time() < deadline, "no trial finished in time"
-        time.sleep(0.5)
-    time.sleep(3)  # the trial's function returns after its final report; then Tune marks it terminated
+        time.sleep(0.2)
+    time.sleep(2)  # the trial's function returns after its final report; then Tune marks it terminated
     proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its experiment state and stops
     proc.communicate(timeout=180)
     # Finished is what Tune's saved state says (a trial may have written its run summary and not yet reported).
