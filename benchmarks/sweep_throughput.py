@@ -48,7 +48,9 @@ def report(summary: dict) -> str:
     work = timing["sum_train_loop_evaluate"]
     ideal = work / slots
     per_trial = sum(t["seconds"] for t in done)
-    lines = [f"trials: {len(done)} complete, {slots} at a time, {timing['sessions']} session(s)",
+    served = (f"resident slots, {timing['worker_groups']} Ray Train worker group(s)"
+              if timing.get("trial_workers") == "resident" else "a TorchTrainer per trial")
+    lines = [f"trials: {len(done)} complete, {slots} at a time, {timing['sessions']} session(s), on {served}",
              f"sweep wall time:                              {wall:8.1f} s",
              f"sum(train_loop + evaluate) / slots:           {ideal:8.1f} s   ({work:.1f} s / {slots})",
              f"wall / ideal:                                 {wall / ideal:8.3f}   (criterion: <= 1.25)",
