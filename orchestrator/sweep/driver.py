@@ -121,7 +121,12 @@ def resume_sweep(folder: str | Path, progress: Progress = print) -> SweepResult:
     saved = folder / CONFIG_FILE
     if not saved.is_file():
         raise ConfigError(f"{folder} is not a sweep folder (no {CONFIG_FILE})")
-    config = parse_config(json.loads(saved.read_text()), source=str(saved))
+    try:
+        raw = json.loads(saved.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{saved} cannot be read ({err}); it holds the sweep's experiment: restore it, or start "
+                          "the sweep again in another folder") from None
+    config = parse_config(raw, source=str(saved))
     return _run(config, folder, resume=True, progress=progress)
 
 

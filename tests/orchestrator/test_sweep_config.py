@@ -175,3 +175,13 @@ def test_trials_are_queued_longest_training_first_without_changing_any_cell():
                                                          "is_default": False}
     ga = [c["params"]["epochs"] for c in queued if c["method"] == "ga"]
     assert ga == sorted(ga, reverse=True)
+
+
+def test_resuming_a_sweep_whose_saved_experiment_is_cut_short_names_the_file_and_keeps_it(tmp_path):
+    from orchestrator.sweep.driver import CONFIG_FILE, resume_sweep
+
+    saved = tmp_path / CONFIG_FILE
+    saved.write_text('{"name": "x", "sweep": {"methods": ')
+    with pytest.raises(ConfigError, match=f"{saved} cannot be read") as err:
+        resume_sweep(tmp_path, progress=lambda m: None)
+    assert "\n" not in str(err.value) and saved.read_text().startswith('{"name"')
