@@ -186,9 +186,8 @@ class ResidentWorkers:
                 continue
             if message.get("id") != call:  # a result of a call abandoned earlier (its caller was interrupted)
                 continue
-            if message["kind"] == "report":
-                if on_report is not None:
-                    on_report(message["metrics"])
+            if message["kind"] == "report":  # sent only when `on_report` was given
+                on_report(message["metrics"])
                 continue
             if message["kind"] == "error":
                 raise RunError(f"unlearning failed: {message['error']}")
@@ -212,8 +211,8 @@ def resident_loop_per_worker(config: dict[str, Any]) -> None:
         entered = time.time()
         job, call = message["job"], message["id"]
         forward = None
-        if message.get("forward_reports") and rank == 0:
-            def forward(metrics: dict[str, Any], call: int = call) -> None:
+        if message.get("forward_reports"):  # rank 0's reports only (`UnlearningWorker.on_report`)
+            def forward(metrics: dict[str, Any]) -> None:
                 config["results"].put({"kind": "report", "id": call, "metrics": metrics})
         try:
             prepare_worker_process(job)

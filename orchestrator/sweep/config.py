@@ -130,6 +130,12 @@ class SweepConfig(_Section):
             raise ValueError(f"sweep.seeds has repeats: {self.seeds}")
         return self
 
+    def runs_resident(self, deepspeed: bool) -> bool:
+        """Whether trials run on resident worker groups, one per slot (`trial_workers`, with `auto` resolved)."""
+        if self.trial_workers == "auto":
+            return self.asha is None and not deepspeed
+        return self.trial_workers == "resident"
+
     def trial_count(self, train_defaults: dict[str, dict[str, Any]]) -> int:
         """Trials the sweep runs (before early stopping), the default cells included; `train_defaults`: each
         method's effective lr and epochs (`driver.train_defaults`), which decide whether its default cell is new."""

@@ -80,9 +80,7 @@ def check_sweep(config: ExperimentConfig) -> int:
 def resident_trials(config: ExperimentConfig) -> bool:
     """Whether the sweep's trials run on resident worker groups, one per slot, rather than a TorchTrainer each."""
     assert config.sweep is not None
-    if config.sweep.trial_workers == "auto":
-        return config.sweep.asha is None and not config.train.deepspeed
-    return config.sweep.trial_workers == "resident"
+    return config.sweep.runs_resident(bool(config.train.deepspeed))
 
 
 def max_concurrent(config: ExperimentConfig) -> int:
@@ -232,7 +230,8 @@ def _trial_record(result) -> dict[str, Any]:
     # No final report: stopped early by ASHA, or cut short by an interruption (then `--resume` runs it again).
     status = "error" if result.error else ("complete" if metrics.get("final") else "incomplete")
     keep = ("rouge_efficacy", "forget_quality", "utility", "forget_rouge_l", "retain_rouge_l", "model_utility",
-            "mia_auc", "score", "score_forget_quality", "seconds", "step", "train_lr", "train_epochs", "slot", "slot_group_starts")
+            "mia_auc", "score", "score_forget_quality", "seconds", "step", "train_lr", "train_epochs", "slot",
+            "slot_group_starts")
     record = {"trial_id": metrics.get("trial_id") or Path(result.path).name, "method": cell["method"],
               "params": dict(cell["params"]), "seed": result.config["seed"], "status": status,
               **{k: metrics.get(k) for k in keep},

@@ -91,13 +91,10 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, p
     # progress mode from here) would be told once per trial, interleaved: the sweep's driver shows one line and a
     # table per study instead (`monitor.py`). Errors still reach Tune.
     os.environ[MODE_ENV] = "off"
-    if resident:
-        result = run_unlearning(experiment, prepared=prepared, run_name=f"trial-{trial_id}",
-                                workers=slot_workers(experiment, sweep_dir), on_report=ray.tune.report,
-                                progress=lambda message: None)
-    else:
-        result = run_unlearning(experiment, prepared=prepared, run_name=f"trial-{trial_id}",
-                                callbacks=[TuneReportCallback()], progress=lambda message: None)
+    served_by = ({"workers": slot_workers(experiment, sweep_dir), "on_report": ray.tune.report} if resident
+                 else {"callbacks": [TuneReportCallback()]})
+    result = run_unlearning(experiment, prepared=prepared, run_name=f"trial-{trial_id}",
+                            progress=lambda message: None, **served_by)
     if not base["sweep"]["keep_models"]:
         shutil.rmtree(result.model_dir, ignore_errors=True)
     timings = {k: result.timings.get(k) for k in TIMING_KEYS}
