@@ -148,6 +148,16 @@ class LoraConfig(_Section):
     target_modules: list[str] | str = Field("all-linear", description="Modules to adapt.")
 
 
+class EarlyStopConfig(_Section):
+    """UnDIAL's stopping rule (orchestrator/early_stop.py): end the run once the retain data's perplexity exceeds
+    `perplexity_rise` times its value before unlearning, keeping the model at that check."""
+
+    perplexity_rise: float = Field(1.03, gt=1, description="Allowed rise of the retain perplexity (the authors' 1.03).")
+    every_steps: int | None = Field(None, gt=0, description="Check every N steps; default: at the end of each epoch.")
+    min_epochs: float = Field(1.0, ge=0, description="No stop before this many epochs (the authors: one).")
+    max_examples: int = Field(64, gt=0, description="Retain rows scored at each check (an even spread of them).")
+
+
 class TrainConfig(_Section):
     """The unlearning run itself: optimisation and how it is spread over Ray Train workers."""
 
@@ -155,6 +165,9 @@ class TrainConfig(_Section):
         None, gt=0, description="Passes over the forget set; default: the method's recipe (orchestrator/recipes.py)."
     )
     lr: float | None = Field(None, gt=0, description="Peak learning rate; default: the method's recipe.")
+    early_stop: EarlyStopConfig | bool | None = Field(
+        None, description="Stop once the retain data's perplexity has risen past a bound (EarlyStopConfig); "
+        "default: the method's recipe (UnDIAL's is on); false: off; true: the rule's defaults.")
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps for linear warm-up.")
     batch_size: int = Field(8, gt=0, description="Forget examples per step per worker (retain batches match).")
@@ -230,6 +243,12 @@ class ExperimentConfig(_Section):
             if train[key] is None:
                 train[key] = defaults[key]
         train["epochs"] = int(train["epochs"])
+        early_stop = self.train.early_stop
+        if early_stop is None:
+            early_stop = defaults.get("early_stop", False)
+        if early_stop is True:
+            early_stop = EarlyStopConfig()
+        train["early_stop"] = early_stop.model_dump() if isinstance(early_stop, EarlyStopConfig) else None
         return train
 
     def resolved_output_dir(self) -> Path:

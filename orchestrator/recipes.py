@@ -13,8 +13,9 @@ from __future__ import annotations
 # Real (HF) models: open-unlearning's TOFU recipes (configs/experiment/unlearn/tofu/*.yaml): lr 1e-5, 10 epochs;
 # UnDIAL 1e-4 (configs/trainer/UNDIAL.yaml).
 HF_DEFAULT = {"lr": 1e-5, "epochs": 10}
-HF_RECIPES: dict[str, dict[str, float]] = {
-    "undial": {"lr": 1e-4},
+# UnDIAL stops once the retain data's perplexity has risen 3% (its authors' rule: orchestrator/early_stop.py).
+HF_RECIPES: dict[str, dict[str, float | bool]] = {
+    "undial": {"lr": 1e-4, "early_stop": True},
     # LoRA adapters train at a higher rate (csm9493/efficient-llm-unlearning: 2e-4 on phi-1.5 / Llama-2).
     "ihl_fila": {"lr": 2e-4},
 }
@@ -26,16 +27,17 @@ TINY_DEFAULT = {"lr": 1e-4, "epochs": 10}
 # ICU 5e-5 -> 0.51/0.85, 5.5e-5 -> 0.48/0.81, 6e-5 -> 0.39/0.78; SOUL (Sophia on GradDiff) 3e-5 -> 0.58/0.89,
 # 3.5e-5 -> 0.32/0.84, 4e-5 -> 0.18/0.65. UnDIAL keeps its references' higher rate (1e-4: 0.35/0.81; 3e-4 cost
 # retained people: 0.36/0.76); FILA's adapters, like any LoRA, need a higher rate than full fine-tuning.
-TINY_RECIPES: dict[str, dict[str, float]] = {
+TINY_RECIPES: dict[str, dict[str, float | bool]] = {
     "graddiff": {"lr": 6e-5},
     "icu": {"lr": 5.5e-5},
     "soul": {"lr": 3.5e-5},
-    "undial": {"lr": 1e-4},
+    "undial": {"lr": 1e-4, "early_stop": True},
     "ihl_fila": {"lr": 1e-3},
 }
 
 
-def recipe(method: str, tiny: bool) -> dict[str, float]:
-    """`{"lr": ..., "epochs": ...}` for `method` on the tiny embedded model or on a real HF model."""
+def recipe(method: str, tiny: bool) -> dict[str, float | bool]:
+    """`{"lr": ..., "epochs": ...}` (and `early_stop` where the method's recipe has one) for `method` on the tiny
+    embedded model or on a real HF model."""
     table, default = (TINY_RECIPES, TINY_DEFAULT) if tiny else (HF_RECIPES, HF_DEFAULT)
     return {**default, **table.get(method, {})}

@@ -154,7 +154,8 @@ def run_unlearning(
         retain_model=prepared.retain_report.summary if prepared.retain_report else None,
         train={"steps": train_summary["steps"], "epochs_run": train_summary["epochs_run"],
                "reference_cache": train_summary["reference_cache"], "parameters": train_summary.get("parameters"),
-               "resumed_from_step": train_summary.get("resumed_from_step"), "config": config.model_dump()},
+               "resumed_from_step": train_summary.get("resumed_from_step"),
+               "early_stop": train_summary.get("early_stop"), "config": config.model_dump()},
         run_name=run_name,
         settings=_effective_settings(config, job, train_summary, ray_how),
         evaluation=train_summary["evaluation"],
@@ -175,7 +176,7 @@ def _effective_settings(config: ExperimentConfig, job: TrainJob, train_summary: 
             "workers": job.train["workers"], "cpus_per_worker": job.train["cpus_per_worker"],
             "threads_per_worker": train_summary.get("threads"), "dtype": train_summary.get("dtype"),
             "device": train_summary.get("device"), "zero_stage": train_summary.get("zero_stage"),
-            "lora": job.train.get("lora"), "ray": ray_how}
+            "lora": job.train.get("lora"), "early_stop": job.train.get("early_stop"), "ray": ray_how}
 
 
 def check_deepspeed(config: ExperimentConfig) -> None:
@@ -264,6 +265,18 @@ def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_di
 
     refines = profile.refines_forget_set
     train = config.resolved_train()
+    early_stop_rows = []
+    if train["early_stop"]:
+        if not data.retain:
+            if config.train.early_stop:  # asked for by the config, not the recipe: say why it cannot run
+                raise ConfigError("train.early_stop measures the retain data's perplexity, and this run has no "
+                                  "retain data; set train.early_stop: false")
+            train["early_stop"] = None
+        else:
+            from orchestrator.early_stop import even_spread
+
+            chosen = even_spread(list(range(len(data.retain))), train["early_stop"]["max_examples"])
+            early_stop_rows = [encode(tokenizer, data.retain[j], 4_000_000 + j, template, max_length) for j in chosen]
     if train["cpus_per_worker"] is None:
         train["cpus_per_worker"] = cpus_per_worker or _default_cpus_per_worker(config)
     train["threads"] = train["cpus_per_worker"]
@@ -272,6 +285,7 @@ def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_di
         train=train, rows=rows, pad_token_id=tokenizer.pad_token_id, dtype=config.model.dtype,
         forget_samples=samples(data.forget) if refines else [],
         holdout_samples=samples(data.holdout, offset=3_000_000) if refines else [],
+        early_stop_rows=early_stop_rows,
     )
 
 

@@ -32,6 +32,8 @@ import torch
 import methods
 from methods import ForgetSample, UnlearningMethod
 from orchestrator.batching import UnlearningBatches, UnlearningRows, with_global_denominators
+from orchestrator.data.tokenize import EncodedRow
+from orchestrator.early_stop import PerplexityStop
 from orchestrator.engine import TorchStepEngine, linear_schedule
 from orchestrator.progress import Steps, progress_mode
 
@@ -56,6 +58,7 @@ class TrainJob:
     dtype: str = "float32"
     forget_samples: list[ForgetSample] = field(default_factory=list)
     holdout_samples: list[ForgetSample] = field(default_factory=list)
+    early_stop_rows: list[EncodedRow] = field(default_factory=list)  # train.early_stop's yardstick (retain rows)
     deepspeed_json: dict[str, Any] | None = None  # train.deepspeed's contents, read by the driver
     model_dir: str | None = None  # where rank 0 writes the unlearned model (the run's `model/`)
     tokenizer_dir: str | None = None  # saved beside the model, so that the folder loads on its own
@@ -96,6 +99,7 @@ class UnlearningWorker:
         self.history: list[dict[str, float]] = []
         self.kept: set[int] | None = None
         self.resumed_from_step: int | None = None
+        self.stopper: PerplexityStop | None = None  # train.early_stop, built with the method (`build`)
         # Progress reports through `ray.train.report` every `log_every` steps; a stream reports once per request.
         self.report_progress = True
         # Resident workers (`orchestrator/resident.py`) serve many runs from one Ray Train run: each run's resumable
@@ -160,6 +164,9 @@ class UnlearningWorker:
             if reference is not None and self.engine.stage == 3 and self.world_size > 1:
                 collective_reference_cache(self.method.reference_cache)
         self.model = self.engine.module  # the trained model (peft-wrapped when adapters are trained)
+        if self.cfg.get("early_stop"):
+            self.stopper = PerplexityStop.from_config(self.cfg["early_stop"], self.job.early_stop_rows,
+                                                      self.job.pad_token_id, self.cfg["batch_size"])
 
     def _deepspeed_config(self, model: torch.nn.Module) -> dict[str, Any] | None:
         if not self.cfg.get("deepspeed"):
@@ -216,6 +223,8 @@ class UnlearningWorker:
                 state = self._load_checkpoint(Path(folder))
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         self.history, self.kept = state["history"], state["kept"]
+        if self.stopper is not None and state.get("early_stop"):
+            self.stopper.restore(state["early_stop"])
         self.resumed_from_step = self.global_step
         if self.kept is not None:
             self.batches.rows = self.job.rows.keep(self.kept)
@@ -232,7 +241,11 @@ class UnlearningWorker:
         started = last_line = time.perf_counter()
         shown = Steps(f"unlearn {self.job.method_name}", initial=self.global_step, on_worker=True,
                       mode=self.job.progress if self.rank == 0 else "off", emit=lambda m: print(m, flush=True))
-        while self.epoch < epochs:
+        if self.stopper is not None:
+            self.stopper.start(self.model, self.device, self._agreed)
+        every_steps = (self.cfg.get("early_stop") or {}).get("every_steps")
+        stopped = self.stopper is not None and self.stopper.stopped is not None  # resumed after the stop
+        while self.epoch < epochs and not stopped:
             steps = self.batches.steps_per_epoch()  # ICU's refinement shrinks the forget set between epochs
             shown.set_total(self.global_step + steps * (epochs - self.epoch))
             window: list[dict[str, float]] = []
@@ -259,7 +272,15 @@ class UnlearningWorker:
                     window = []
                     if self.report_progress:
                         self._tagged_report(metrics)
+                if every_steps and self.global_step % every_steps == 0 and step_in_epoch + 1 < steps:
+                    stopped = self._early_stop(self.epoch + (step_in_epoch + 1) / steps)
+                    if stopped:
+                        break
+            if stopped:  # mid-epoch: the epoch does not count as run
+                break
             self.epoch += 1
+            if self.stopper is not None and self._early_stop(float(self.epoch)):
+                break
             stop = self._refine_forget_set()
             if stop:
                 break
@@ -267,6 +288,18 @@ class UnlearningWorker:
             if every and self.epoch % every == 0 and self.epoch < epochs:
                 self._checkpoint()
         shown.close()
+
+    def _early_stop(self, epoch: float) -> bool:
+        """train.early_stop's check (every rank scores the same rows, so every rank decides alike)."""
+        assert self.stopper is not None
+        if not self.stopper.check(self.model, self.device, epoch, self.global_step, self._agreed):
+            return False
+        if self.rank == 0:
+            stopped = self.stopper.stopped or {}
+            print(f"[unlearn] early stop at epoch {epoch:g} (step {self.global_step}): retain perplexity "
+                  f"{stopped.get('ratio', 0):.3f}x its value before unlearning, over the "
+                  f"{self.stopper.perplexity_rise:g}x bound", flush=True)
+        return True
 
     def _refine_forget_set(self) -> bool:
         """Let the method shrink the forget set (ICU); True when nothing is left to forget."""
@@ -309,7 +342,8 @@ class UnlearningWorker:
         wrote = self.engine.save(folder, self.rank)
         if self.rank == 0:
             torch.save({"epoch": self.epoch, "global_step": self.global_step, "history": self.history,
-                        "kept": self.kept}, Path(folder) / TRAIN_STATE)
+                        "kept": self.kept, "early_stop": self.stopper.state() if self.stopper else None},
+                       Path(folder) / TRAIN_STATE)
             wrote = True
         return bool(wrote)
 
@@ -360,6 +394,7 @@ class UnlearningWorker:
                 "zero_stage": None if self.ds_config is None else self.engine.stage,
                 "parameters": {"total": total, "per_worker": per_worker},
                 "steps": self.global_step, "epochs_run": self.epoch,
+                "early_stop": self.stopper.summary() if self.stopper is not None else None,
                 "resumed_from_step": self.resumed_from_step,
                 "kept_forget_indices": sorted(self.kept) if self.kept is not None else None,
                 "reference_cache": {"hits": self.method.reference_cache.hits,
@@ -409,6 +444,10 @@ class UnlearningWorker:
         values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(values)
         return dict(zip(keys, (values / self.world_size).tolist()))
+
+    def _agreed(self, value: float) -> float:
+        """The workers' mean of `value`: one number every rank decides on alike."""
+        return self._across_workers({"value": value})["value"]
 
     def _gather(self, value: Any) -> list[Any]:
         if self.world_size == 1:

@@ -119,7 +119,7 @@ def _apply_batch(job: StreamJob, model: torch.nn.Module, tokenizer, settings, me
 
     forget = [e for _, group in current for e in group]
     train = {**job.train, "lr": method["lr"], "epochs": method["epochs"], "max_failures": 0,
-             "checkpoint_every_epochs": None}
+             "checkpoint_every_epochs": None, "early_stop": None}  # a request runs its epochs (stream_config)
     rows = request_rows(tokenizer, method["name"], method["hparams"], forget, job.data, excluded, job.template,
                         job.max_length)
     # progress "off": the stream's driver shows one line (and a live table) per request, not the request's epochs.
