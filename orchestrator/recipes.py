@@ -2,7 +2,8 @@
 
 Methods differ in how hard they push: the references train UnDIAL at 1e-4 where NPO and GradDiff use 1e-5
 (open-unlearning's TOFU configs; UnDIAL's own code). Method *hyperparameters* keep their paper defaults
-(methods/); these recipes only fill `train.lr` and `train.epochs` when a config does not set them.
+(methods/); these recipes only fill `train.lr`, `train.epochs` and `train.early_stop` when a config does not set
+them.
 
 The tiny recipes were measured on the embedded default (100 fictitious people, forget 10%, tiny Llama) with
 `python benchmarks/method_table.py` prints the resulting table.
@@ -25,8 +26,12 @@ TINY_DEFAULT = {"lr": 1e-4, "epochs": 10}
 # lr each method needs to halve forget ROUGE-L while keeping retain ROUGE-L >= 80% of the target's. The ascent
 # methods sit on a cliff: GradDiff 5e-5 -> forget/retain ROUGE-L 0.59/0.90, 6e-5 -> 0.46/0.83, 7e-5 -> 0.11/0.56;
 # ICU 5e-5 -> 0.51/0.85, 5.5e-5 -> 0.48/0.81, 6e-5 -> 0.39/0.78; SOUL (Sophia on GradDiff) 3e-5 -> 0.58/0.89,
-# 3.5e-5 -> 0.32/0.84, 4e-5 -> 0.18/0.65. UnDIAL keeps its references' higher rate (1e-4: 0.35/0.81; 3e-4 cost
-# retained people: 0.36/0.76); FILA's adapters, like any LoRA, need a higher rate than full fine-tuning.
+# 3.5e-5 -> 0.32/0.84, 4e-5 -> 0.18/0.65. UnDIAL keeps its references' higher rate (1e-4: 0.35/0.81 after 10
+# epochs; 3e-4 cost retained people: 0.36/0.76) and its authors' stopping rule, which ends it after epoch 2 here
+# (retain perplexity 1.003x, then 1.119x: 0.39/0.81 of the target's) and, on text, after the epoch at which the
+# kept books start to go (benchmarks/text_grid.py: epoch 3 on books 1-4, 2 on books 5-8, where 10 epochs leave
+# 0.12/0.18 and 0.13/0.26 of their verbatim memorisation). FILA's adapters, like any LoRA, need a higher rate than
+# full fine-tuning.
 TINY_RECIPES: dict[str, dict[str, float | bool]] = {
     "graddiff": {"lr": 6e-5},
     "icu": {"lr": 5.5e-5},

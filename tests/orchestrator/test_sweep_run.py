@@ -152,8 +152,16 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 420
-    # A trial's run summary is written just before its final report (Tune's result.json is flushed seconds later).
-    while not list((folder / "trials").glob("*/summary.json")):
+    # A trial's run summary is written just before its final report, which Tune's result.json records seconds later
+    # (more on a loaded machine): wait for that record, not the summary.
+    def final_reported(result_json: Path) -> bool:
+        lines = result_json.read_text().splitlines()
+        try:
+            return bool(lines) and json.loads(lines[-1]).get("final") == 1.0
+        except json.JSONDecodeError:  # a line being written
+            return False
+
+    while not any(final_reported(r) for r in (folder / "tune" / "all").glob("*/result.json")):
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.time() < deadline, "no trial finished in time"
         time.sleep(0.2)
