@@ -3,8 +3,8 @@
 The model is the Llama-2-7B architecture (hidden 4096, 32 layers, 32 heads, MLP 11008, vocabulary 32000) with
 RANDOM weights: nothing is downloaded, and the cost of a step does not depend on the weights. The step is the
 project's own: `methods.build("npo" | "ga").training_step(model, batch, engine)` with the plain engine
-(`orchestrator.engine.TorchStepEngine`, AdamW) or, with `--deepspeed`, the DeepSpeed engine of the training loop
-(`orchestrator.deepspeed_engine`, the JSON's "auto" values filled as the loop fills them). bf16 throughout; LoRA
+(`orchestrator.worker.engine.TorchStepEngine`, AdamW) or, with `--deepspeed`, the DeepSpeed engine of the training loop
+(`orchestrator.worker.deepspeed_engine`, the JSON's "auto" values filled as the loop fills them). bf16 throughout; LoRA
 adapters (peft) on every Linear but the head by default, `--full` trains every weight.
 
     python benchmarks/gpu_7b.py                                  # 1 GPU, NPO, LoRA r=16, 4 + 4 rows x 512 tokens
@@ -167,7 +167,7 @@ def make_batch(step: int, args: argparse.Namespace, vocab: int, device: torch.de
 def build(args: argparse.Namespace, config, device: torch.device, world_size: int):
     """(model to call, method, engine): random bf16 weights, LoRA unless --full, DeepSpeed when asked."""
     import methods
-    from orchestrator.engine import TorchStepEngine
+    from orchestrator.worker.engine import TorchStepEngine
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPU: the code path, in fp32
@@ -187,7 +187,7 @@ def build(args: argparse.Namespace, config, device: torch.device, world_size: in
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     if args.deepspeed:
-        from orchestrator.deepspeed_engine import (DeepSpeedStepEngine, collective_reference_cache,
+        from orchestrator.worker.deepspeed_engine import (DeepSpeedStepEngine, collective_reference_cache,
                                                    deepspeed_config, sharded_reference)
 
         train_cfg = {"batch_size": args.batch_size, "max_grad_norm": 1.0}
@@ -207,7 +207,7 @@ def build(args: argparse.Namespace, config, device: torch.device, world_size: in
 def planned_step_gib(args: argparse.Namespace, config, world_size: int, use_gpu: bool) -> float:
     """What `unlearn plan` predicts for this set-up's training step (GiB per GPU), to compare with the measurement."""
     from orchestrator.config import parse_config
-    from orchestrator.plan import plan_memory
+    from orchestrator.models.plan import plan_memory
 
     experiment = parse_config({
         "model": {"name": "meta-llama/Llama-2-7b-hf", "dtype": "bfloat16" if use_gpu else "float32"},

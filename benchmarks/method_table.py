@@ -19,9 +19,9 @@ import yaml
 
 import methods
 from orchestrator.config import load_config
-from orchestrator.prepare import prepare
-from orchestrator.resident import ResidentWorkers
-from orchestrator.run import run_unlearning
+from orchestrator.run.prepare import prepare
+from orchestrator.run.resident import ResidentWorkers
+from orchestrator.run.unlearning import run_unlearning
 
 MUST_PASS = {"npo", "undial", "graddiff", "ihl", "ihl_fila", "icu", "soul"}  # issue 10's bar
 
@@ -41,7 +41,7 @@ def main() -> int:
     prepared = prepare(base, progress=lambda m: print(m, file=sys.stderr))
     rows = []
     # One resident Ray Train worker group serves every method (a TorchTrainer per run doubles the wall time of the
-    # embedded default's runs); DeepSpeed runs take a TorchTrainer each (orchestrator/resident.py).
+    # embedded default's runs); DeepSpeed runs take a TorchTrainer each (orchestrator/run/resident.py).
     workers = None if base.train.deepspeed else ResidentWorkers(
         base.train.workers, base.train.cpus_per_worker, base.train.use_gpu, progress=lambda m: print(m, file=sys.stderr))
     try:

@@ -10,7 +10,7 @@ the target and retain models, and it is the first to import everything); the lat
     python benchmarks/overhead.py [CONFIG] [--calls 3] [--output runs/overhead] [--set key=value] [--small]
                                   [--resident]
 
-`--resident` serves every call from one resident Ray Train worker group (`orchestrator/resident.py`): the first
+`--resident` serves every call from one resident Ray Train worker group (`orchestrator/run/resident.py`): the first
 call starts it, the later ones find it running.
 
 `--small` shrinks the problem (tiny model, 20 people, one epoch, small evaluation) so that the script itself can be
@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from orchestrator.config import ExperimentConfig, load_config
-from orchestrator.run import run_unlearning
+from orchestrator.run.unlearning import run_unlearning
 
 SMALL = {
     "model.tiny.hidden_size": 32, "model.tiny.num_layers": 1, "model.tiny.num_heads": 2,
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small", action="store_true", help="a tiny problem, to check the script quickly")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--resident", action="store_true",
-                        help="serve every call from one resident Ray Train worker group (orchestrator/resident.py) "
+                        help="serve every call from one resident Ray Train worker group (orchestrator/run/resident.py) "
                              "instead of a TorchTrainer per call")
     args = parser.parse_args(argv)
     if args.calls < 1:
@@ -74,12 +74,12 @@ def split_wall(wall: float, timings: dict[str, float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = build_config(args)
-    from orchestrator.ray_session import connect_ray
+    from orchestrator.run.ray_session import connect_ray
 
     connect_ray(config.ray.address, config.ray.num_cpus, progress=lambda m: print(m, file=sys.stderr))
     workers = None
     if args.resident:
-        from orchestrator.resident import ResidentWorkers
+        from orchestrator.run.resident import ResidentWorkers
 
         workers = ResidentWorkers(config.train.workers, config.train.cpus_per_worker, config.train.use_gpu,
                                   progress=lambda m: print(m, file=sys.stderr))

@@ -17,7 +17,7 @@ import time
 import yaml
 
 from orchestrator.config import load_config
-from orchestrator.prepare import prepare
+from orchestrator.run.prepare import prepare
 
 FOUNDATION = {"model.pretrain": None, "model.finetune.epochs": 20, "model.finetune.lr": 2e-3,
               "model.finetune.label_smoothing": 0.1}

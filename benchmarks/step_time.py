@@ -1,7 +1,7 @@
 """Step time of every method against plain fine-tuning, on the embedded tiny model and real tokenised batches.
 
 For each method at its default hyperparameters: the target model fine-tuned by the embedded default (cached by
-`orchestrator.prepare.prepare`), the batch layout the Ray Train loop uses (`UnlearningBatches`: forget rows plus the
+`orchestrator.run.prepare.prepare`), the batch layout the Ray Train loop uses (`UnlearningBatches`: forget rows plus the
 method's retain / "I don't know" / analogous rows), `method.training_step(model, batch, TorchStepEngine)` with
 AdamW (SOUL: its SophiaG). Epoch 0 is timed as the *cold* epoch: methods with a frozen reference (NPO, UnDIAL, ...)
 run its forward on every example once and cache the result. The *warm* steps come after, from the following epochs,
@@ -34,11 +34,11 @@ import torch
 import methods
 from methods import Batch
 from methods.numerics import forward_logits, token_mean_nll
-from orchestrator.batching import UnlearningBatches, UnlearningRows
+from orchestrator.worker.batching import UnlearningBatches, UnlearningRows
 from orchestrator.config import parse_config
-from orchestrator.engine import TorchStepEngine
-from orchestrator.models import load_causal_lm
-from orchestrator.prepare import Prepared, encode_rows, load_tokenizer, prepare
+from orchestrator.worker.engine import TorchStepEngine
+from orchestrator.models.loading import load_causal_lm
+from orchestrator.run.prepare import Prepared, encode_rows, load_tokenizer, prepare
 
 LR = 1e-5  # the step's cost does not depend on it; small so that no method diverges within the timed steps
 
@@ -63,7 +63,7 @@ class Timing:
 
 
 def build_rows(prepared: Prepared, tokenizer, max_length: int) -> UnlearningRows:
-    """Every batch part the methods use, tokenised as `orchestrator.run` does."""
+    """Every batch part the methods use, tokenised as `orchestrator.run.unlearning` does."""
     from orchestrator.data.analogous import nearest_retained
     from orchestrator.data.tokenize import encode
 

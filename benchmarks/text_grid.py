@@ -4,7 +4,7 @@ For each shelf (the project's four books, `experiments/text_books.yaml`, and any
 `orchestrator/data/fictitious_books.py` writes into the output folder) and every grid point, it prints the forgotten
 book's verbatim memorisation after / before and the kept books' after / before, and PASS where the issue-10 bar
 holds (forget <= 0.5, kept >= 0.8). A second shelf is the check that a setting is not tuned to one corpus. One
-resident Ray Train worker group serves every run (`orchestrator/resident.py`).
+resident Ray Train worker group serves every run (`orchestrator/run/resident.py`).
 
     python benchmarks/text_grid.py [--method undial] [--grid gamma=3,10,30] [--lr 1e-5,3e-5,1e-4]
                                    [--shelf 5,6,7,8] [--output runs/text-grid]
@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"text_grid: error: {err}", file=sys.stderr)
         return 2
-    from orchestrator.ray_session import connect_ray
-    from orchestrator.resident import ResidentWorkers
-    from orchestrator.run import run_unlearning
+    from orchestrator.run.ray_session import connect_ray
+    from orchestrator.run.resident import ResidentWorkers
+    from orchestrator.run.unlearning import run_unlearning
 
     quiet = lambda message: print(message, file=sys.stderr)  # noqa: E731
     connect_ray(shelves[0].ray.address, shelves[0].ray.num_cpus, progress=quiet)

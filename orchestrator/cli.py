@@ -56,8 +56,8 @@ def _load(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)  # before the imports below: a config error answers without torch, transformers or Ray
-    from orchestrator.report import text_table
-    from orchestrator.run import run_unlearning
+    from orchestrator.observe.report import text_table
+    from orchestrator.run.unlearning import run_unlearning
 
     result = run_unlearning(config, run_name=args.run_name, progress=_Progress())
     summary = result.to_dict()
@@ -138,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                 "pass a run's model/ folder")
     config = load_config(args.config)
     from orchestrator.data.tokenize import PromptTemplate
-    from orchestrator.prepare import evaluate_dir, eval_settings, load_data, load_tokenizer
+    from orchestrator.run.prepare import evaluate_dir, eval_settings, load_data, load_tokenizer
 
     data = load_data(config.data)
     report = evaluate_dir(args.model, load_tokenizer(args.model), data, PromptTemplate(),
@@ -148,7 +148,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from orchestrator.report import rerender
+    from orchestrator.observe.report import rerender
 
     print(rerender(args.run_dir))
     return 0
@@ -156,7 +156,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     config = _load(args)
-    from orchestrator.plan import plan_memory
+    from orchestrator.models.plan import plan_memory
 
     plan = plan_memory(config, device_memory_gib=args.device_memory)
     print(plan.table())
@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     args = build_parser().parse_args(argv)
     try:
-        from orchestrator.progress import progress_mode
+        from orchestrator.observe.progress import progress_mode
 
         progress_mode()  # a bad RAY_UNLEARN_PROGRESS answers now, not after Ray and the models are up
         return args.func(args)
@@ -270,7 +270,7 @@ def _is_user_error(err: Exception) -> bool:
     RunError is looked up only if its module was imported: importing it here would import torch and Ray for every
     command, and an error from a module that was never imported cannot be a RunError."""
     handled: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError)
-    run = sys.modules.get("orchestrator.run")
+    run = sys.modules.get("orchestrator.run.unlearning")
     if run is not None:
         handled += (run.RunError,)
     return isinstance(err, handled)

@@ -149,7 +149,7 @@ class LoraConfig(_Section):
 
 
 class EarlyStopConfig(_Section):
-    """UnDIAL's stopping rule (orchestrator/early_stop.py): end the run once the retain data's perplexity exceeds
+    """UnDIAL's stopping rule (orchestrator/worker/early_stop.py): end the run once the retain data's perplexity exceeds
     `perplexity_rise` times its value before unlearning, keeping the model at that check."""
 
     perplexity_rise: float = Field(1.03, gt=1, description="Allowed rise of the retain perplexity (the authors' 1.03).")
@@ -196,7 +196,7 @@ class EvalConfig(_Section):
 class RayConfig(_Section):
     address: str | None = Field(
         None, description="Ray cluster to join ('host:port', 'ray://...', 'auto'); default: RAY_ADDRESS, else a "
-        "`ray start` cluster on this machine, else a private Ray started for the run (orchestrator/ray_session.py)."
+        "`ray start` cluster on this machine, else a private Ray started for the run (orchestrator/run/ray_session.py)."
     )
     num_cpus: int | None = Field(None, gt=0, description="CPUs of a privately started Ray; default: all.")
     dashboard_host: str | None = Field(

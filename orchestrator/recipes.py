@@ -14,7 +14,7 @@ from __future__ import annotations
 # Real (HF) models: open-unlearning's TOFU recipes (configs/experiment/unlearn/tofu/*.yaml): lr 1e-5, 10 epochs;
 # UnDIAL 1e-4 (configs/trainer/UNDIAL.yaml).
 HF_DEFAULT = {"lr": 1e-5, "epochs": 10}
-# UnDIAL stops once the retain data's perplexity has risen 3% (its authors' rule: orchestrator/early_stop.py).
+# UnDIAL stops once the retain data's perplexity has risen 3% (its authors' rule: orchestrator/worker/early_stop.py).
 HF_RECIPES: dict[str, dict[str, float | bool]] = {
     "undial": {"lr": 1e-4, "early_stop": True},
     # LoRA adapters train at a higher rate (csm9493/efficient-llm-unlearning: 2e-4 on phi-1.5 / Llama-2).

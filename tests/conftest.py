@@ -8,7 +8,7 @@ import torch
 # Tiny tensors: one thread is as fast as two and does not fight other processes for the cores.
 torch.set_num_threads(1)
 
-from orchestrator.models import tiny_llama
+from orchestrator.models.loading import tiny_llama
 
 VOCAB = 64
 

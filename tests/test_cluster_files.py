@@ -192,7 +192,7 @@ def _grafana_metric_names(dashboard: dict) -> set[str]:
 
 @pytest.mark.parametrize("path", GRAFANA, ids=lambda p: p.name)
 def test_the_grafana_dashboard_shows_every_project_metric_by_its_exported_name(path):
-    from orchestrator.metrics import METRICS, exported_name
+    from orchestrator.observe.metrics import METRICS, exported_name
 
     dashboard = json.loads(path.read_text())
     assert dashboard["uid"] and dashboard["title"] and isinstance(dashboard["schemaVersion"], int)
@@ -209,6 +209,6 @@ def test_the_grafana_dashboard_shows_every_project_metric_by_its_exported_name(p
     histogram_series = {f"{e}_{s}" for e, n in exported.items() if METRICS[n].kind == "histogram"
                         for s in ("bucket", "count", "sum")}
     used = _grafana_metric_names(dashboard)
-    assert used <= set(exported) | histogram_series, f"not defined in orchestrator/metrics.py: {used - set(exported)}"
+    assert used <= set(exported) | histogram_series, f"not defined in orchestrator/observe/metrics.py: {used - set(exported)}"
     shown = {exported[u] if u in exported else u.rsplit("_", 1)[0].removeprefix("ray_") for u in used}
     assert set(METRICS) <= shown, f"metrics without a panel: {set(METRICS) - shown}"

@@ -68,7 +68,7 @@ def test_second_run_reuses_prepared_models_and_joins_running_ray(small_config, t
     import ray.train
 
     from orchestrator.config import load_config
-    from orchestrator.run import run_unlearning
+    from orchestrator.run.unlearning import run_unlearning
 
     class RecordFinal(ray.train.UserCallback):
         def __init__(self, path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import ExperimentConfig, load_config
-from orchestrator.plan import plan_memory
+from orchestrator.models.plan import plan_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml")) + sorted((ROOT / "experiments").rglob("*.yml"))
@@ -50,7 +50,7 @@ def test_default_yaml_is_the_embedded_default():
 
 
 def test_text_corpus_example_loads_its_sample_files():
-    from orchestrator.prepare import load_data
+    from orchestrator.run.prepare import load_data
 
     data = load_data(load_config(ROOT / "experiments" / "text_corpus.yaml").data)
     assert data.forget and data.retain and data.holdout

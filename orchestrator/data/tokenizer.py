@@ -3,7 +3,7 @@
 Byte-level (GPT-2 style) so that any text encodes without `<unk>` and decodes back exactly: the pre-tokenizer maps
 bytes to printable symbols and keeps each word's leading space inside the token (no `add_prefix_space`, which would
 invent a space at the start), and decoding undoes exactly that. `clean_up_tokenization_spaces` is off, since it
-would rewrite " ." and " n't" on decode. The special tokens sit at the ids `orchestrator.models.tiny_llama_config`
+would rewrite " ." and " n't" on decode. The special tokens sit at the ids `orchestrator.models.loading.tiny_llama_config`
 assumes: `<pad>` 0, `<s>` 1, `</s>` 2, `<unk>` 3. No post-processor adds BOS/EOS: `orchestrator.data.tokenize`
 places them itself.
 """

@@ -23,10 +23,10 @@ from orchestrator.evaluation import fluency, memorisation, mia, realism, tofu
 from orchestrator.evaluation.generation import generate_answers
 from orchestrator.evaluation.likelihood import score_alternatives, score_answers
 from orchestrator.evaluation.rouge import rouge_l
-from orchestrator.progress import figure
+from orchestrator.observe.progress import figure
 
 if TYPE_CHECKING:
-    from orchestrator.progress import Steps
+    from orchestrator.observe.progress import Steps
 
 SPLITS = ("forget", "retain", "neighbour", "holdout", "world")
 # The attack behind `summary["mia_auc"]` and `summary["privacy_leakage"]`: Min-K%++ is the strongest

@@ -1,4 +1,4 @@
-"""A stream as it runs, in one live table (at a terminal, `orchestrator/progress.py`): requests by outcome, the
+"""A stream as it runs, in one live table (at a terminal, `orchestrator/observe/progress.py`): requests by outcome, the
 queue, the latency of the last request and the median so far, and the drift of model utility from the original's."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class StreamBoard:
             self.drift = float(drift)
 
     def table(self):
-        from orchestrator.progress import facts_table, seconds
+        from orchestrator.observe.progress import facts_table, seconds
         from orchestrator.stream.drift import percentile
 
         latencies, c = list(self.latencies), self.counts

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from orchestrator.config import ConfigError, ExperimentConfig
-from orchestrator.metrics import record_stream
-from orchestrator.progress import LiveTable, progress_mode
+from orchestrator.observe.metrics import record_stream
+from orchestrator.observe.progress import LiveTable, progress_mode
 from orchestrator.stream.board import StreamBoard
 from orchestrator.stream.config import StreamConfig, StreamMethod
 from orchestrator.stream.ledger import LEDGER_FILE, Ledger
@@ -92,9 +92,9 @@ def run_stream(config: ExperimentConfig, *, requests: str | None = None, follow:
     output = stream_output_dir(config).resolve()
     output.mkdir(parents=True, exist_ok=True)
 
-    from orchestrator.prepare import load_tokenizer, prepare
-    from orchestrator.ray_session import connect_ray
-    from orchestrator.run import check_resources
+    from orchestrator.run.prepare import load_tokenizer, prepare
+    from orchestrator.run.ray_session import connect_ray
+    from orchestrator.run.unlearning import check_resources
 
     connect_ray(config.ray.address, config.ray.num_cpus, progress)
     check_resources(config)
@@ -189,7 +189,7 @@ class MethodStream:
 
     # --- the run ----------------------------------------------------------------------------------------------
     def run(self) -> None:
-        from orchestrator.run import RunError, _last_line
+        from orchestrator.run.unlearning import RunError, _last_line
 
         ledger = Ledger(self.folder / LEDGER_FILE)
         try:
@@ -235,8 +235,8 @@ class MethodStream:
     def _job(self, ledger: Ledger, feed, results):
         from dataclasses import asdict
 
-        from orchestrator.prepare import eval_settings
-        from orchestrator.run import _default_cpus_per_worker
+        from orchestrator.run.prepare import eval_settings
+        from orchestrator.run.unlearning import _default_cpus_per_worker
         from orchestrator.stream.worker import StreamJob
 
         train = self.config.resolved_train()
@@ -260,7 +260,7 @@ class MethodStream:
         from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        from orchestrator.feed import worker_env
+        from orchestrator.run.feed import worker_env
         from orchestrator.stream.worker import stream_loop_per_worker
 
         env = worker_env(self.config.train.use_gpu)
@@ -408,7 +408,7 @@ class MethodStream:
                          "drift": drift, "train": result["train"]}
         ledger.finish_batch(result["batch"], result["state"], result["checkpoint"], per_request, batch_metrics,
                             timings, result["reason"])
-        # The Ray dashboard's view (orchestrator/metrics.py): ids, states and numbers, never a forget text.
+        # The Ray dashboard's view (orchestrator/observe/metrics.py): ids, states and numbers, never a forget text.
         waiting_now = len(ledger.requests("received"))
         for w in in_flight["waiting"]:
             record_stream(self.config.name, self.method["name"], request=w.request_id, state=result["state"],

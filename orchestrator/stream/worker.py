@@ -27,11 +27,11 @@ from typing import Any
 import torch
 
 import methods
-from orchestrator.batching import UnlearningRows
+from orchestrator.worker.batching import UnlearningRows
 from orchestrator.data.schema import Example, UnlearningData
 from orchestrator.data.tokenize import PromptTemplate
-from orchestrator.feed import next_message
-from orchestrator.train import TrainJob, UnlearningWorker, _quiet_ray_train_reports
+from orchestrator.run.feed import next_message
+from orchestrator.worker.loop import TrainJob, UnlearningWorker, _quiet_ray_train_reports
 
 STATE_FILE = "stream_state.json"
 
@@ -61,12 +61,12 @@ def stream_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train
 
     from orchestrator.evaluation import EvalSettings
-    from orchestrator.models import load_causal_lm
-    from orchestrator.prepare import load_tokenizer
+    from orchestrator.models.loading import load_causal_lm
+    from orchestrator.run.prepare import load_tokenizer
 
     job: StreamJob = config["job"]
     _quiet_ray_train_reports()
-    from orchestrator.models import quiet_progress_bars
+    from orchestrator.models.loading import quiet_progress_bars
 
     quiet_progress_bars()
     if job.train.get("threads"):
@@ -84,7 +84,7 @@ def stream_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     settings = EvalSettings(**job.eval_settings)
     loaded = time.perf_counter() - started
     if rank == 0 and job.baseline_utility is None:
-        from orchestrator.stream.evaluation import utility_data, utility_metrics
+        from orchestrator.evaluation.forget_sets import utility_data, utility_metrics
 
         baseline = utility_metrics(model, tokenizer, utility_data(job.data, set(), job.eval_max_per_split),
                                    job.template, settings)
@@ -106,7 +106,7 @@ def stream_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
 def _apply_batch(job: StreamJob, model: torch.nn.Module, tokenizer, settings, message: dict[str, Any], rank: int,
                  world_size: int, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from orchestrator.stream.evaluation import forget_metrics, utility_data, utility_metrics
+    from orchestrator.evaluation.forget_sets import forget_metrics, utility_data, utility_metrics
 
     t0 = time.perf_counter()
     current = [(r["seq"], r["examples"]) for r in message["requests"]]
@@ -215,10 +215,10 @@ def _report_checkpoint(model: torch.nn.Module, message: dict[str, Any], metrics:
 
 def request_rows(tokenizer, method: str, hparams: dict[str, Any], forget: list[Example], data: UnlearningData,
                  excluded: set[str], template: PromptTemplate, max_length: int) -> UnlearningRows:
-    """The batch parts a method trains on, as `unlearn run` builds them (orchestrator/run.py `_make_job`), for one
+    """The batch parts a method trains on, as `unlearn run` builds them (orchestrator/run/unlearning.py `_make_job`), for one
     request's forget examples; retained examples named by any request so far are not retained any more."""
     from orchestrator.data.tokenize import encode
-    from orchestrator.prepare import encode_rows
+    from orchestrator.run.prepare import encode_rows
 
     profile = methods.profile(method, hparams)
     retain = tuple(e for e in data.retain if e.id not in excluded)

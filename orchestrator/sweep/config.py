@@ -109,7 +109,7 @@ class SweepConfig(_Section):
     trial_workers: Literal["auto", "resident", "per_trial"] = Field(
         "auto", description="per_trial: each trial builds its own TorchTrainer (Ray Train V2's Tune pattern: fresh "
         "worker processes per trial, 7-12 s of start on a small machine); resident: each concurrent slot keeps one "
-        "Ray Train worker group that serves its trials one after another (orchestrator/resident.py); auto: resident "
+        "Ray Train worker group that serves its trials one after another (orchestrator/run/resident.py); auto: resident "
         "unless ASHA (a stopped trial must take its Ray Train run down) or train.deepspeed asks for per_trial.")
     keep_models: bool = Field(False, description="Keep every trial's unlearned model (7B: 13 GB each).")
     output_dir: str | None = Field(None, description="Sweep folder; default runs/<name>-sweep.")

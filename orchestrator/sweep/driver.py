@@ -129,9 +129,9 @@ def resume_sweep(folder: str | Path, progress: Progress = print) -> SweepResult:
 
 
 def _run(config: ExperimentConfig, folder: Path, resume: bool, progress: Progress) -> SweepResult:
-    from orchestrator.prepare import prepare
-    from orchestrator.progress import LiveTable, progress_mode
-    from orchestrator.ray_session import connect_ray
+    from orchestrator.run.prepare import prepare
+    from orchestrator.observe.progress import LiveTable, progress_mode
+    from orchestrator.run.ray_session import connect_ray
     from orchestrator.sweep.monitor import SweepBoard, watch
     from orchestrator.sweep.report import write_sweep_report
 

@@ -1,5 +1,5 @@
 """A sweep as it runs: one Tune callback keeps the trial counts and the best trade-off so far current in the
-project's metrics (`orchestrator/metrics.py`, `ray_unlearn_sweep_*`, for the Ray dashboard), in a live table at the
+project's metrics (`orchestrator/observe/metrics.py`, `ray_unlearn_sweep_*`, for the Ray dashboard), in a live table at the
 terminal (`SweepBoard`) and in one line per finished trial; Tune's own reporter is silenced (`driver.py`)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterator
 
 from ray import tune
 
-from orchestrator.metrics import finite_number, record_sweep
-from orchestrator.progress import facts_table, figure, seconds
+from orchestrator.observe.metrics import finite_number, record_sweep
+from orchestrator.observe.progress import facts_table, figure, seconds
 
 
 @dataclass

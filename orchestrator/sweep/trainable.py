@@ -2,7 +2,7 @@
 
 Ray Train V2 no longer runs a trainer *as* a Tune trainable: a plain function trainable per trial builds the
 `TorchTrainer` (here inside `run_unlearning`), names the Ray Train run after the trial (a restarted trial finds its
-own run state and resumes from its last checkpoint, `orchestrator/run_state.py`) and hands Ray Train a
+own run state and resumes from its last checkpoint, `orchestrator/run/state.py`) and hands Ray Train a
 `TuneReportCallback`, which forwards every `ray.train.report` of the workers to Tune (the training loss and the
 step, for ASHA). When the run returns, the trial reports its final metrics once more, with the efficacy, utility and
 trade-off score computed from the evaluation, and the run's timings.
@@ -10,7 +10,7 @@ trade-off score computed from the evaluation, and the run's timings.
 Resident slots (`sweep.trial_workers`, by default wherever it can): a `TorchTrainer` per trial spawns fresh worker
 processes that import torch and transformers, 7-12 s per trial on a small machine, as long as the embedded default's
 whole train loop. Tune reuses a finished trial's actor for the next trial (`reuse_actors`), so the trial keeps a
-resident worker group (`orchestrator/resident.py`) in that actor and hands it the next trial's run: the same worker
+resident worker group (`orchestrator/run/resident.py`) in that actor and hands it the next trial's run: the same worker
 code, a fresh model, method and optimizer per trial, the run name from the trial id (a restarted trial resumes from
 its own checkpoint), and the workers' progress reports forwarded to Tune on the trial's thread, where a
 `TuneReportCallback` would have put them. The group dies with the actor (it owns the Ray Train controller) when Tune
@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import ExperimentConfig
-from orchestrator.progress import MODE_ENV
+from orchestrator.observe.progress import MODE_ENV
 from orchestrator.sweep.analysis import trial_metrics
 from orchestrator.sweep.space import trial_overrides
 
 if TYPE_CHECKING:
-    from orchestrator.resident import ResidentWorkers
+    from orchestrator.run.resident import ResidentWorkers
 
 TRIALS_DIR = "trials"
 RESIDENT_DIR = "resident"  # the slots' own Ray Train state (`ResidentWorkers(storage_root=...)`), under the sweep
@@ -61,7 +61,7 @@ def trial_config(base: ExperimentConfig, cell: dict[str, Any], seed: int, sweep_
 def slot_workers(experiment: ExperimentConfig, sweep_dir: str | Path) -> "ResidentWorkers":
     """This trial actor's resident worker group, made (or remade, for a trial of another shape) for `experiment`."""
     global _slot
-    from orchestrator.resident import ResidentWorkers
+    from orchestrator.run.resident import ResidentWorkers
 
     train = experiment.resolved_train()
     shape = (train["workers"], train["cpus_per_worker"], bool(train.get("use_gpu")))
@@ -85,7 +85,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, p
     experiment = trial_config(parse_config(base, source="sweep"), config["cell"], config["seed"], sweep_dir, trial_id)
     if resident:  # a new slot's group starts now, in the background, while this trial imports and encodes its run
         slot_workers(experiment, sweep_dir).start()
-    from orchestrator.run import run_unlearning
+    from orchestrator.run.unlearning import run_unlearning
 
     # The trial's own story (its Ray session, its epochs and evaluation, on the workers too: the `TrainJob` takes its
     # progress mode from here) would be told once per trial, interleaved: the sweep's driver shows one line and a

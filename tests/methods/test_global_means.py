@@ -27,7 +27,7 @@ from methods.numerics import (
     token_mean_nll,
     with_denominators,
 )
-from orchestrator.models import tiny_llama
+from orchestrator.models.loading import tiny_llama
 from tests.conftest import VOCAB
 from tests.methods.fakes import LN3, Bigram, part
 

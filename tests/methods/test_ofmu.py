@@ -8,7 +8,7 @@ import torch
 import methods
 from methods.numerics import forward_logits, token_mean_nll
 from methods.ofmu import hessian_vector_product, penalty_at
-from orchestrator.models import tiny_llama
+from orchestrator.models.loading import tiny_llama
 from tests.conftest import VOCAB, make_part
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from methods.numerics import SEQUENCES_PER_WORKER, TOKENS_PER_WORKER
-from orchestrator.batching import UnlearningBatches, UnlearningRows, with_global_denominators
+from orchestrator.worker.batching import UnlearningBatches, UnlearningRows, with_global_denominators
 from orchestrator.data.tokenize import EncodedRow
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from orchestrator.config import ConfigError, parse_config
-from orchestrator.deepspeed_engine import AUTO_KEYS, deepspeed_config, eval_config, load_deepspeed_json
+from orchestrator.worker.deepspeed_engine import AUTO_KEYS, deepspeed_config, eval_config, load_deepspeed_json
 
 ROOT = Path(__file__).resolve().parents[2]
 ZERO2, ZERO3, ZERO3_OFFLOAD = (str(ROOT / "cluster" / "deepspeed" / f) for f in
@@ -138,7 +138,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def tiny_target(tmp_path_factory) -> str:
-    from orchestrator.models import tiny_llama
+    from orchestrator.models.loading import tiny_llama
 
     folder = tmp_path_factory.mktemp("target")
     tiny_llama(VOCAB, seed=0, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128).save_pretrained(
@@ -148,7 +148,7 @@ def tiny_target(tmp_path_factory) -> str:
 
 def _forget_rows():
     """Random 4-token prompts with answers of 6-20 tokens: the workers' shards hold unequal token counts."""
-    from orchestrator.batching import UnlearningRows
+    from orchestrator.worker.batching import UnlearningRows
     from orchestrator.data.tokenize import EncodedRow
 
     rng = random.Random(0)
@@ -161,8 +161,8 @@ def _forget_rows():
 
 def _fit(target: str, output: Path, workers: int, deepspeed: str | None, **train) -> dict:
     """One unlearning run (GA) through run.py's `_fit`: returns the train summary; the model lands in output/model."""
-    from orchestrator.run import _fit as fit
-    from orchestrator.train import TrainJob
+    from orchestrator.run.unlearning import _fit as fit
+    from orchestrator.worker.loop import TrainJob
 
     train_section = {"workers": workers, "deepspeed": deepspeed, "batch_size": GLOBAL_BATCH // workers, "lr": 3e-4,
                      "epochs": 3, "log_every": 1, "checkpoint_every_epochs": 1, "cpus_per_worker": 1,
@@ -178,7 +178,7 @@ def _forget_nll(model_dir: Path) -> float:
     """Token-mean NLL of the whole forget set under an exported model."""
     from methods.numerics import forward_logits, token_mean_nll
     from orchestrator.data.tokenize import collate
-    from orchestrator.models import load_causal_lm
+    from orchestrator.models.loading import load_causal_lm
 
     model = load_causal_lm(model_dir).eval()
     with torch.no_grad():
@@ -297,7 +297,7 @@ def test_run_unlearning_with_two_zero3_workers(local_ray, tmp_path):
     """The whole run function on a small problem: NPO (its frozen reference sharded as an eval-only ZeRO-3 engine, its
     reference cache kept in step across the workers) training LoRA adapters (applied before `deepspeed.initialize`,
     merged into the consolidated export)."""
-    from orchestrator.run import run_unlearning
+    from orchestrator.run.unlearning import run_unlearning
 
     config = parse_config({
         "name": "zero3",
@@ -334,7 +334,7 @@ def test_too_many_workers_is_refused_before_training(local_ray, tiny_target, tmp
 
 
 def test_bad_deepspeed_file_is_refused_before_preparation(tmp_path, monkeypatch):
-    from orchestrator import run
+    from orchestrator.run import unlearning as run
 
     monkeypatch.setattr(run, "prepare", lambda *a, **k: pytest.fail("prepared despite a bad DeepSpeed file"))
     bad = _write(tmp_path, '{"zero_optimization": {"stage": 5}}')
@@ -345,7 +345,7 @@ def test_bad_deepspeed_file_is_refused_before_preparation(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("method", [{"name": "ofmu"}, {"name": "soul", "hparams": {"hessian_estimator": "gnb"}}])
 def test_method_without_deepspeed_support_is_refused_before_preparation(tmp_path, monkeypatch, method):
-    from orchestrator import run
+    from orchestrator.run import unlearning as run
 
     monkeypatch.setattr(run, "prepare", lambda *a, **k: pytest.fail("prepared despite an impossible method"))
     config = parse_config({"method": method, "train": {"deepspeed": ZERO3}, "output_dir": str(tmp_path / "out")})
@@ -380,9 +380,9 @@ def test_sophia_under_zero_matches_plain_torch(tmp_path, monkeypatch):
 def _sophia_steps(config: dict | None) -> tuple[list[float], dict[str, torch.Tensor]]:
     from methods.numerics import forward_logits, token_mean_nll
     from methods.sophia import SophiaG
-    from orchestrator.deepspeed_engine import DeepSpeedStepEngine
-    from orchestrator.engine import TorchStepEngine, linear_schedule
-    from orchestrator.models import tiny_llama
+    from orchestrator.worker.deepspeed_engine import DeepSpeedStepEngine
+    from orchestrator.worker.engine import TorchStepEngine, linear_schedule
+    from orchestrator.models.loading import tiny_llama
     from tests.conftest import make_part
 
     model = tiny_llama(64, seed=0, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)

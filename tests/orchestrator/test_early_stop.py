@@ -13,7 +13,7 @@ import torch
 
 from orchestrator.config import ConfigError, parse_config
 from orchestrator.data.tokenize import IGNORE_INDEX, EncodedRow, collate
-from orchestrator.early_stop import PerplexityStop, even_spread, token_perplexity
+from orchestrator.worker.early_stop import PerplexityStop, even_spread, token_perplexity
 from tests.tiny_run import tiny_run
 
 CPU = torch.device("cpu")
@@ -108,8 +108,8 @@ def test_a_stream_refuses_the_rule():
 def test_a_run_stops_where_its_check_trips_and_says_so(tmp_path):
     import json
 
-    from orchestrator.ray_session import connect_ray
-    from orchestrator.run import run_unlearning
+    from orchestrator.run.ray_session import connect_ray
+    from orchestrator.run.unlearning import run_unlearning
 
     connect_ray(None, 2, progress=print)
     # Gradient ascent at a high rate makes the retained people harder to predict within the first epoch.

@@ -26,7 +26,7 @@ from orchestrator.evaluation.evaluate import subsample
 from orchestrator.evaluation.generation import generate_answers, reference_text
 from orchestrator.evaluation.likelihood import score_alternatives, score_answers
 from orchestrator.evaluation.rouge import mean_rouge_l_recall, rouge_l, rouge_l_recall
-from orchestrator.models import tiny_llama
+from orchestrator.models.loading import tiny_llama
 
 LN2 = math.log(2.0)
 TEMPLATE = PromptTemplate()

@@ -13,12 +13,12 @@ import urllib.request
 
 import pytest
 
-from orchestrator.batching import UnlearningRows
+from orchestrator.worker.batching import UnlearningRows
 from orchestrator.data.tokenize import EncodedRow
-from orchestrator.metrics import (ACTOR_NAME, METRICS, NAMESPACE, exported_name, record_evaluation, record_stream,
+from orchestrator.observe.metrics import (ACTOR_NAME, METRICS, NAMESPACE, exported_name, record_evaluation, record_stream,
                                   record_sweep, record_training, safe_label, training_updates)
-from orchestrator.train import TrainJob
-from orchestrator.training_metrics import TrainingMetricsCallback, tokens_per_step
+from orchestrator.worker.loop import TrainJob
+from orchestrator.observe.training_metrics import TrainingMetricsCallback, tokens_per_step
 
 _SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][\w:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -98,7 +98,7 @@ def test_the_callback_times_steps_between_reports_and_skips_checkpoint_time():
 
 def test_one_callback_times_each_tagged_run_on_its_own_clock(monkeypatch):
     """Resident workers serve many runs through one Ray Train run: each report says whose it is."""
-    from orchestrator import training_metrics
+    from orchestrator.observe import training_metrics
 
     recorded = []
     monkeypatch.setattr(training_metrics, "record_training",
@@ -154,7 +154,7 @@ def private_ray_with_metrics():
 def test_recorded_metrics_reach_the_nodes_prometheus_endpoint(private_ray_with_metrics):
     import ray
 
-    from orchestrator.metrics import flush
+    from orchestrator.observe.metrics import flush
 
     record_training("run-a", "npo", {"loss": 1.5, "forget_npo": 2.0, "retain_nll": 0.25, "step": 3, "lr": 1e-4},
                     step_seconds=0.5, tokens_per_second=123.0)

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from orchestrator.cli import main
 from orchestrator.config import ConfigError, parse_config
-from orchestrator.model_shapes import KNOWN_SHAPES, resolve_shape
-from orchestrator.plan import GIB, plan_memory, read_deepspeed
+from orchestrator.models.shapes import KNOWN_SHAPES, resolve_shape
+from orchestrator.models.plan import GIB, plan_memory, read_deepspeed
 
 ROOT = Path(__file__).resolve().parents[2]
 ZERO3 = str(ROOT / "cluster" / "deepspeed" / "zero3.json")
@@ -177,7 +177,7 @@ def test_cli_plan_reports_config_errors(tmp_path, capsys):
 
 def test_run_refuses_a_plan_that_does_not_fit_before_training():
     from orchestrator.config import ConfigError, load_config
-    from orchestrator.run import check_memory
+    from orchestrator.run.unlearning import check_memory
 
     check_memory(load_config(None), progress=lambda m: None)  # the embedded default fits
     too_big = load_config("experiments/tofu_llama2_7b_npo.yaml").with_overrides(**{"train.workers": 1})

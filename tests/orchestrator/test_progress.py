@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator.data.tokenize import EncodedRow
-from orchestrator.progress import MODE_ENV, Steps, progress_mode, render_text, seconds
+from orchestrator.observe.progress import MODE_ENV, Steps, progress_mode, render_text, seconds
 from tests.orchestrator.test_evaluation import tokenizer, unlearning_data  # noqa: F401 (fixtures)
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -58,7 +58,7 @@ def rows(n: int, offset: int = 0) -> list[EncodedRow]:
 
 
 def test_finetune_gives_one_plain_line_per_epoch(tiny_model, monkeypatch):
-    from orchestrator.finetune import finetune
+    from orchestrator.models.finetune import finetune
 
     monkeypatch.setenv(MODE_ENV, "lines")
     lines: list[str] = []
@@ -68,7 +68,7 @@ def test_finetune_gives_one_plain_line_per_epoch(tiny_model, monkeypatch):
 
 
 def test_finetune_off_says_nothing(tiny_model, monkeypatch, capsys):
-    from orchestrator.finetune import finetune
+    from orchestrator.models.finetune import finetune
 
     monkeypatch.setenv(MODE_ENV, "off")
     lines: list[str] = []
@@ -94,10 +94,10 @@ def test_the_unlearning_loop_prints_one_line_per_epoch_on_rank_0(capsys, tmp_pat
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from orchestrator.batching import UnlearningRows
+    from orchestrator.worker.batching import UnlearningRows
     from orchestrator.config import TrainConfig
-    from orchestrator.models import tiny_llama
-    from orchestrator.train import TrainJob, UnlearningWorker
+    from orchestrator.models.loading import tiny_llama
+    from orchestrator.worker.loop import TrainJob, UnlearningWorker
 
     def loop(config):
         worker = UnlearningWorker(config["job"])
@@ -120,7 +120,7 @@ def test_the_unlearning_loop_prints_one_line_per_epoch_on_rank_0(capsys, tmp_pat
 def test_an_evaluation_gives_one_line_when_it_ends(tokenizer, unlearning_data):
     from orchestrator.data.tokenize import PromptTemplate
     from orchestrator.evaluation import EvalSettings, evaluate_model
-    from orchestrator.models import tiny_llama
+    from orchestrator.models.loading import tiny_llama
 
     model = tiny_llama(len(tokenizer), seed=0, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
     lines: list[str] = []

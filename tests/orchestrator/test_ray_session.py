@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.ray_session import named_address, started_cluster_address
+from orchestrator.run.ray_session import named_address, started_cluster_address
 from tests.tiny_run import tiny_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ def test_an_address_file_of_a_live_cluster_is_joined(tmp_path, private_ray):
 def test_workers_default_to_the_cpus_ray_has_free(private_ray):
     """Inside a Tune trial the trial holds a CPU itself: workers asking for the cluster's total would never start."""
     from orchestrator.config import parse_config
-    from orchestrator.run import _default_cpus_per_worker
+    from orchestrator.run.unlearning import _default_cpus_per_worker
 
     assert _default_cpus_per_worker(parse_config({})) == 2
 
@@ -112,7 +112,7 @@ def test_two_runs_on_one_machine_each_use_their_own_ray(tmp_path):
 
 
 def test_a_private_rays_dashboard_stays_on_this_machine_unless_asked(monkeypatch):
-    from orchestrator.ray_session import private_dashboard_host
+    from orchestrator.run.ray_session import private_dashboard_host
 
     monkeypatch.delenv("RAY_UNLEARN_DASHBOARD_HOST", raising=False)
     assert private_dashboard_host(None) == "127.0.0.1"

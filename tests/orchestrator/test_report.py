@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orchestrator.report import rerender, text_table, write_report
+from orchestrator.observe.report import rerender, text_table, write_report
 
 
 def summary():

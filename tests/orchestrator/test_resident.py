@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import run_state
+from orchestrator.run import state as run_state
 from orchestrator.config import ConfigError, parse_config
-from orchestrator.resident import ResidentWorkers
+from orchestrator.run.resident import ResidentWorkers
 from tests.tiny_run import tiny_run
 
 EPOCHS = 4
@@ -30,7 +30,7 @@ def _losses(result) -> list[float]:
 
 
 def test_a_run_that_does_not_fit_the_group_is_refused_before_any_work(tmp_path, monkeypatch):
-    from orchestrator import run
+    from orchestrator.run import unlearning as run
 
     monkeypatch.setattr(run, "prepare", lambda *a, **k: pytest.fail("prepared a run that cannot be served"))
     monkeypatch.setattr(run, "connect_ray", lambda *a, **k: pytest.fail("started Ray for a run that cannot be served"))
@@ -67,8 +67,8 @@ def test_a_checkpoint_of_one_mode_is_not_resumed_by_the_other(tmp_path):
 
 @pytest.mark.slow
 def test_resident_workers_serve_runs_as_a_trainer_per_call_does(tmp_path):
-    from orchestrator.ray_session import connect_ray
-    from orchestrator.run import RunError, run_unlearning
+    from orchestrator.run.ray_session import connect_ray
+    from orchestrator.run.unlearning import RunError, run_unlearning
 
     connect_ray(None, 2, progress=print)
     alone = run_unlearning(_config(tmp_path / "alone"), progress=print)
@@ -123,8 +123,8 @@ def test_resident_workers_serve_runs_as_a_trainer_per_call_does(tmp_path):
 @pytest.mark.slow
 def test_two_resident_workers_share_each_run(tmp_path):
     """Rank 0 reads the feed and broadcasts each job: both workers train every run, on their shards."""
-    from orchestrator.ray_session import connect_ray
-    from orchestrator.run import run_unlearning
+    from orchestrator.run.ray_session import connect_ray
+    from orchestrator.run.unlearning import run_unlearning
 
     connect_ray(None, 2, progress=print)
     overrides = {"train.workers": 2, "train.cpus_per_worker": 1}
@@ -141,8 +141,8 @@ def test_two_resident_workers_share_each_run(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_worker_takes_the_group_down_and_the_run_made_again_resumes(tmp_path, monkeypatch):
-    from orchestrator import run
-    from orchestrator.ray_session import connect_ray
+    from orchestrator.run import unlearning as run
+    from orchestrator.run.ray_session import connect_ray
 
     make_job = run._make_job
     marker = tmp_path / "killed"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import run_state
+from orchestrator.run import state as run_state
 from orchestrator.config import ConfigError, parse_config
 from tests.tiny_run import tiny_run
 
@@ -55,7 +55,7 @@ def test_bad_run_names_are_refused(tmp_path, name):
 
 
 def test_a_run_under_another_runs_name_is_refused_before_preparation(tmp_path, monkeypatch):
-    from orchestrator import run
+    from orchestrator.run import unlearning as run
 
     monkeypatch.setattr(run, "prepare", lambda *a, **k: pytest.fail("prepared despite a clashing run name"))
     monkeypatch.setattr(run, "connect_ray", lambda *a, **k: pytest.fail("started Ray despite a clashing run name"))

@@ -12,9 +12,9 @@ from orchestrator.config import parse_config
 from orchestrator.data.fictitious_books import make_book, write_books
 from orchestrator.data.pretraining import pretraining_documents
 from orchestrator.data.tokenize import EncodedRow, PromptTemplate
-from orchestrator.finetune import finetune
-from orchestrator.prepare import fingerprint, load_data
-from orchestrator.tiny_models import build_tiny_models, examples_digest, packed_blocks
+from orchestrator.models.finetune import finetune
+from orchestrator.run.prepare import fingerprint, load_data
+from orchestrator.models.tiny import build_tiny_models, examples_digest, packed_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -53,13 +53,13 @@ def evaluate_where_trained(model: "torch.nn.Module", job: EvaluationJob, rank: i
     """The `EvalReport` of the trained `model` as a dict on rank 0, None on the other ranks.
 
     `partitioned`: the parameters are sharded across the ranks (ZeRO-3), so every rank must evaluate.
-    `progress`: how rank 0 shows the evaluation (`orchestrator/progress.py`: a bar, one line at the end, nothing).
+    `progress`: how rank 0 shows the evaluation (`orchestrator/observe/progress.py`: a bar, one line at the end, nothing).
     """
     if rank != 0 and not partitioned:
         return None
     from orchestrator.evaluation import EvalReport, EvalSettings, evaluate_model
-    from orchestrator.prepare import load_tokenizer
-    from orchestrator.progress import Steps
+    from orchestrator.run.prepare import load_tokenizer
+    from orchestrator.observe.progress import Steps
 
     settings = EvalSettings(**{**job.settings, "synced_generation": partitioned and world_size > 1})
     reference = EvalReport.from_dict(job.retain_reference) if job.retain_reference is not None else None

@@ -2,8 +2,8 @@
 
 Ray Train V2 runs a `UserCallback`'s `after_report` in the controller after every `ray.train.report` of the workers.
 `TrainingMetricsCallback` forwards each progress report's numbers (loss, forget and retain terms, step, epoch, lr) to
-the metrics actor (`orchestrator/metrics.py`), with the wall time per step between two reports and the tokens per
-second that implies. Kept apart from `orchestrator/metrics.py` so that the metrics actor's process does not import
+the metrics actor (`orchestrator/observe/metrics.py`), with the wall time per step between two reports and the tokens per
+second that implies. Kept apart from `orchestrator/observe/metrics.py` so that the metrics actor's process does not import
 Ray Train.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from ray.train import UserCallback
 
-from orchestrator.metrics import finite_number, flush, record_training
+from orchestrator.observe.metrics import finite_number, flush, record_training
 
 
 def tokens_per_step(job: Any, workers: int) -> float | None:
@@ -61,7 +61,7 @@ class TrainingMetricsCallback(UserCallback):
         Timed between reports as the controller takes them (it polls the workers every few hundred ms, so a short
         interval is that much less exact); any report moves the clock, so a checkpoint's save is not a step's.
         A report tagged with `run`, `method` and `tokens_per_step` (resident workers serve many runs through one
-        Ray Train run, `orchestrator/resident.py`) is recorded under its own run."""
+        Ray Train run, `orchestrator/run/resident.py`) is recorded under its own run."""
         run, method = str(report.get("run", self.run)), str(report.get("method", self.method))
         per_step = report.get("tokens_per_step", self.tokens_per_step)
         step = report.get("step")

@@ -46,7 +46,7 @@ class TinyModels:
 def build_tiny_models(cache: ArtifactCache, config: ExperimentConfig, data: UnlearningData, data_fp: str,
                       template: PromptTemplate, progress: Progress) -> TinyModels:
     """Tokenizer, pretrained base (unless `model.pretrain` is null), target and retain models, from the cache."""
-    from orchestrator.prepare import load_tokenizer
+    from orchestrator.run.prepare import load_tokenizer
 
     pretrain = config.model.pretrain
     tokenizer_dir = _tokenizer(cache, config, data, data_fp, template, progress)
@@ -100,7 +100,7 @@ def _tokenizer(cache: ArtifactCache, config: ExperimentConfig, data: UnlearningD
 
 
 def _new_model(config: ExperimentConfig, tokenizer, seed: int):
-    from orchestrator.models import tiny_llama
+    from orchestrator.models.loading import tiny_llama
 
     tiny = config.model.tiny
     return tiny_llama(len(tokenizer), seed=seed, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
@@ -122,7 +122,7 @@ def packed_blocks(documents: Sequence[str], tokenizer, block_size: int) -> list[
 
 def _pretrained(cache: ArtifactCache, config: ExperimentConfig, pretrain: PretrainConfig, tokenizer,
                 tokenizer_dir: str, template: PromptTemplate, progress: Progress) -> str:
-    from orchestrator.finetune import finetune
+    from orchestrator.models.finetune import finetune
 
     seed = config.model.finetune.seed
     spec = {"corpus": _corpus_spec(pretrain, template), "training": pretrain.model_dump(),
@@ -163,8 +163,8 @@ def _probe(examples: Sequence[Example]) -> tuple[Example, ...]:
 def _finetuned(cache: ArtifactCache, role: str, examples: Sequence[Example], probe: Sequence[Example], tokenizer,
                start: str, template: PromptTemplate, config: ExperimentConfig, progress: Progress) -> str:
     """Fine-tune from `start` (a pretrained folder, or "random-init/..."); text data use the memorisation rule."""
-    from orchestrator.finetune import finetune
-    from orchestrator.models import load_causal_lm
+    from orchestrator.models.finetune import finetune
+    from orchestrator.models.loading import load_causal_lm
 
     ft = config.model.finetune
     text_probe = tuple(e for e in probe if e.kind == "text")

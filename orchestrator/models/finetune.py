@@ -2,7 +2,7 @@
 
 This is preparation, not unlearning: it pretrains the tiny model on general text, then makes a model that knows the
 task's data so that there is something to forget, and the retain-only model that forget quality is measured against
-(orchestrator/tiny_models.py). Plain PyTorch in one process: the tiny model trains in a minute or two on two cores,
+(orchestrator/models/tiny.py). Plain PyTorch in one process: the tiny model trains in a minute or two on two cores,
 and the result is cached by content hash.
 """
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from methods.numerics import IGNORE_INDEX, shift_for_next_token
 from orchestrator.data.tokenize import EncodedRow, collate
-from orchestrator.progress import Steps
+from orchestrator.observe.progress import Steps
 
 
 def finetune(
@@ -38,7 +38,7 @@ def finetune(
 
     Returns the epoch losses. `should_stop(epochs_done)`, called after each epoch, ends training early (the text
     corpora's memorisation rule); the schedule still spans `epochs`, which is then a cap. `progress` gets a line
-    every eighth of the epochs (or, at a terminal, a bar over the steps takes their place: `orchestrator/progress.py`).
+    every eighth of the epochs (or, at a terminal, a bar over the steps takes their place: `orchestrator/observe/progress.py`).
     """
     if not rows:
         raise ValueError(f"{label}: nothing to train on")

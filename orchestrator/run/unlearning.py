@@ -2,7 +2,7 @@
 
 `run_unlearning(config)` prepares (from the cache), unlearns inside a Ray Train `TorchTrainer`, evaluates, and
 writes `summary.json`, the unlearned model and a report. It joins the Ray this process holds (a Tune trial), one the
-user named or a `ray start` cluster, and otherwise starts a private one (`orchestrator/ray_session.py`). Sweeps and
+user named or a `ray start` cluster, and otherwise starts a private one (`orchestrator/run/ray_session.py`). Sweeps and
 request streams call it many times; only the unlearning and the evaluation after it are paid per call.
 """
 
@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import methods
 from orchestrator.config import ConfigError, ExperimentConfig
-from orchestrator.feed import worker_env
-from orchestrator.prepare import (Prepared, encode_rows, evaluate_dir, eval_settings, load_data, load_tokenizer,
+from orchestrator.run.feed import worker_env
+from orchestrator.run.prepare import (Prepared, encode_rows, evaluate_dir, eval_settings, load_data, load_tokenizer,
                                   prepare)
-from orchestrator import run_state
-from orchestrator.metrics import record_evaluation
-from orchestrator.ray_session import connect_ray, private_ray_cpus
-from orchestrator.train import EXPORT_DIR, TrainJob, train_loop_per_worker
-from orchestrator.training_metrics import TrainingMetricsCallback, tokens_per_step
-from orchestrator.worker_evaluation import EvaluationJob
+from orchestrator.run import state as run_state
+from orchestrator.observe.metrics import record_evaluation
+from orchestrator.run.ray_session import connect_ray, private_ray_cpus
+from orchestrator.worker.loop import EXPORT_DIR, TrainJob, train_loop_per_worker
+from orchestrator.observe.training_metrics import TrainingMetricsCallback, tokens_per_step
+from orchestrator.worker.evaluation import EvaluationJob
 
 if TYPE_CHECKING:
-    from orchestrator.resident import ResidentWorkers
+    from orchestrator.run.resident import ResidentWorkers
 
 Progress = Callable[[str], None]
 SUMMARY_KEYS = ("forget_rouge_l", "retain_rouge_l", "forget_quality", "model_utility", "mia_auc")
@@ -79,12 +79,12 @@ def run_unlearning(
     """Unlearn `config.data`'s forget set from the target model (or from `target`, a model folder, when given).
 
     `run_name` names the run's Ray Train state under `<output>/ray/`: a run started again under the same name
-    resumes from its last checkpoint (`orchestrator/run_state.py`); by default the name is derived from the config,
+    resumes from its last checkpoint (`orchestrator/run/state.py`); by default the name is derived from the config,
     so the same config resumes and another one starts afresh. `callbacks` go to Ray Train's `RunConfig` (e.g.
     Tune's `TuneReportCallback` in a trial); the final report's metrics carry the evaluation's summary (`after`).
     `before`: the target's metrics when the caller has them (a stream's latest model); else the prepared ones
     (for an explicit `target` without `before`, its evaluation runs here, on the driver, before training).
-    `workers`: resident Ray Train workers (`orchestrator/resident.py`) that serve this call and later ones, instead
+    `workers`: resident Ray Train workers (`orchestrator/run/resident.py`) that serve this call and later ones, instead
     of a `TorchTrainer` started (and its worker processes spawned) for this call alone; no `callbacks` then, since
     their one Ray Train run serves every call; `on_report` instead sees each of this run's progress reports on the
     calling thread (e.g. a Tune trial's `tune.report`, as `TuneReportCallback` would for a `TorchTrainer`).
@@ -160,7 +160,7 @@ def run_unlearning(
         settings=_effective_settings(config, job, train_summary, ray_how),
         evaluation=train_summary["evaluation"],
     )
-    from orchestrator.report import write_report
+    from orchestrator.observe.report import write_report
 
     record_evaluation(run_name, result.method, result.after)
     result.seconds = round(time.perf_counter() - started, 2)
@@ -184,7 +184,7 @@ def check_deepspeed(config: ExperimentConfig) -> None:
     bad stage, an "auto" we cannot fill, an optimizer of its own) or a method that cannot run under DeepSpeed."""
     if not config.train.deepspeed:
         return
-    from orchestrator.deepspeed_engine import load_deepspeed_json
+    from orchestrator.worker.deepspeed_engine import load_deepspeed_json
 
     load_deepspeed_json(config.train.deepspeed)
     name, hparams = config.method.name, config.method.hparams
@@ -219,7 +219,7 @@ def check_resources(config: ExperimentConfig, cpus_per_worker: int | None = None
 
 def check_memory(config: ExperimentConfig, progress: Progress = print) -> None:
     """Refuse a run whose per-worker memory plan (`unlearn plan`) does not fit, before anything is trained."""
-    from orchestrator.plan import plan_memory
+    from orchestrator.models.plan import plan_memory
 
     try:
         plan = plan_memory(config)
@@ -233,7 +233,7 @@ def check_memory(config: ExperimentConfig, progress: Progress = print) -> None:
 def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_dir: str,
               cpus_per_worker: int | None = None) -> TrainJob:
     from methods import ForgetSample
-    from orchestrator.batching import UnlearningRows
+    from orchestrator.worker.batching import UnlearningRows
     from orchestrator.data.tokenize import encode, encode_prompt
 
     data, template, max_length = prepared.data, prepared.template, config.data.max_length
@@ -273,7 +273,7 @@ def _make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_di
                                   "retain data; set train.early_stop: false")
             train["early_stop"] = None
         else:
-            from orchestrator.early_stop import even_spread
+            from orchestrator.worker.early_stop import even_spread
 
             chosen = even_spread(list(range(len(data.retain))), train["early_stop"]["max_examples"])
             early_stop_rows = [encode(tokenizer, data.retain[j], 4_000_000 + j, template, max_length) for j in chosen]
@@ -294,14 +294,14 @@ def _fit(config: ExperimentConfig, job: TrainJob, output: Path, progress: Progre
     """Run the Ray Train job; returns rank 0's summary (the train function's return value).
 
     The run's Ray Train state is kept under `output/ray/<run_name>` while it runs (a restart resumes from it) and
-    removed once the model is written (`orchestrator/run_state.py`)."""
+    removed once the model is written (`orchestrator/run/state.py`)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     check_resources(config, job.train["cpus_per_worker"])
     check_deepspeed(config)
     if config.train.deepspeed:  # the workers' working directory (or node) may not hold the file: ship its contents
-        from orchestrator.deepspeed_engine import load_deepspeed_json
+        from orchestrator.worker.deepspeed_engine import load_deepspeed_json
 
         job = replace(job, deepspeed_json=load_deepspeed_json(config.train.deepspeed))
     if run_name is None:  # called on its own (the distributed tests): name and claim the run here

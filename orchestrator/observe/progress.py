@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Mapping
 
-from orchestrator.metrics import finite_number
+from orchestrator.observe.metrics import finite_number
 
 MODE_ENV = "RAY_UNLEARN_PROGRESS"
 MODES = ("bars", "lines", "off")

@@ -2,7 +2,7 @@
 
 Life cycle per worker (torchtune's recipe shape): `setup` (model, reference, adapters, optimizer, engine, resume),
 `train` (epochs of `method.training_step`, metrics through `ray.train.report`, a resumable checkpoint every few
-epochs), `evaluate` (the trained module, where it is: `orchestrator/worker_evaluation.py`), `export` (rank 0 writes
+epochs), `evaluate` (the trained module, where it is: `orchestrator/worker/evaluation.py`), `export` (rank 0 writes
 the unlearned model once, as a consolidated HF folder, straight into the run's `model/`), `finish` (the final
 report carries the evaluation's headline numbers, for Ray Train callbacks such as Tune's `TuneReportCallback`; the
 train function's return value, which Ray Train hands the driver from rank 0, carries the training summary and the
@@ -10,7 +10,7 @@ whole `EvalReport`). The driver receives metrics, never weights. The run's outpu
 rank 0's node, as Ray Train's `storage_path` below it must be from every node.
 
 The loop knows the method only through the contract in `methods/base.py`, and the optimizer only through the step
-engine: plain PyTorch (`orchestrator/engine.py`) or DeepSpeed ZeRO (`orchestrator/deepspeed_engine.py`, when
+engine: plain PyTorch (`orchestrator/worker/engine.py`) or DeepSpeed ZeRO (`orchestrator/worker/deepspeed_engine.py`, when
 `train.deepspeed` names a config). Checkpoints follow Ray Train's DeepSpeed guide: every rank writes its files into
 its own folder and reports it; Ray Train merges the folders into one checkpoint, which every rank reads back on a
 restart after a worker failure (`FailureConfig(max_failures)`).
@@ -31,14 +31,14 @@ import torch
 
 import methods
 from methods import ForgetSample, UnlearningMethod
-from orchestrator.batching import UnlearningBatches, UnlearningRows, with_global_denominators
+from orchestrator.worker.batching import UnlearningBatches, UnlearningRows, with_global_denominators
 from orchestrator.data.tokenize import EncodedRow
-from orchestrator.early_stop import PerplexityStop
-from orchestrator.engine import TorchStepEngine, linear_schedule
-from orchestrator.progress import Steps, progress_mode
+from orchestrator.worker.early_stop import PerplexityStop
+from orchestrator.worker.engine import TorchStepEngine, linear_schedule
+from orchestrator.observe.progress import Steps, progress_mode
 
 if TYPE_CHECKING:
-    from orchestrator.worker_evaluation import EvaluationJob
+    from orchestrator.worker.evaluation import EvaluationJob
 
 TRAIN_STATE = "train_state.pt"
 EXPORT_DIR = "model"
@@ -63,7 +63,7 @@ class TrainJob:
     model_dir: str | None = None  # where rank 0 writes the unlearned model (the run's `model/`)
     tokenizer_dir: str | None = None  # saved beside the model, so that the folder loads on its own
     evaluation: EvaluationJob | None = None  # evaluate the unlearned model on the workers; None: no evaluation
-    # How rank 0 shows its progress (`orchestrator/progress.py`): decided where the job is built (the driver, whose
+    # How rank 0 shows its progress (`orchestrator/observe/progress.py`): decided where the job is built (the driver, whose
     # terminal the bars reach), since a worker's own stdout is never a terminal.
     progress: str = field(default_factory=progress_mode)
 
@@ -102,7 +102,7 @@ class UnlearningWorker:
         self.stopper: PerplexityStop | None = None  # train.early_stop, built with the method (`build`)
         # Progress reports through `ray.train.report` every `log_every` steps; a stream reports once per request.
         self.report_progress = True
-        # Resident workers (`orchestrator/resident.py`) serve many runs from one Ray Train run: each run's resumable
+        # Resident workers (`orchestrator/run/resident.py`) serve many runs from one Ray Train run: each run's resumable
         # checkpoint is a folder of its own (not Ray Train's), and its reports say which run they belong to.
         self.checkpoint_folder = checkpoint_folder
         self.report_tags = dict(report_tags or {})
@@ -113,7 +113,7 @@ class UnlearningWorker:
     # --- setup --------------------------------------------------------------------------------------------
     def setup(self) -> None:
         """`unlearn run`'s set-up: load the target (and the reference, a second copy of it), build, resume."""
-        from orchestrator.models import load_causal_lm
+        from orchestrator.models.loading import load_causal_lm
 
         torch.manual_seed(self.cfg["seed"])
         dtype = getattr(torch, self.job.dtype)
@@ -132,7 +132,7 @@ class UnlearningWorker:
         """
         self.ds_config = self._deepspeed_config(model)
         if reference is not None and self.ds_config is not None:
-            from orchestrator.deepspeed_engine import sharded_reference
+            from orchestrator.worker.deepspeed_engine import sharded_reference
 
             reference = sharded_reference(reference, self.ds_config)
         self.method: UnlearningMethod = methods.build(self.job.method_name, reference=reference, **self.job.method_hparams)
@@ -156,7 +156,7 @@ class UnlearningWorker:
                                                                             self.cfg["warmup_ratio"]),
                                           self.cfg["max_grad_norm"])
         else:
-            from orchestrator.deepspeed_engine import DeepSpeedStepEngine, collective_reference_cache
+            from orchestrator.worker.deepspeed_engine import DeepSpeedStepEngine, collective_reference_cache
 
             self.engine = DeepSpeedStepEngine(
                 model, optimizer, lambda opt: linear_schedule(opt, total_steps, self.cfg["warmup_ratio"]),
@@ -171,7 +171,7 @@ class UnlearningWorker:
     def _deepspeed_config(self, model: torch.nn.Module) -> dict[str, Any] | None:
         if not self.cfg.get("deepspeed"):
             return None
-        from orchestrator.deepspeed_engine import deepspeed_config
+        from orchestrator.worker.deepspeed_engine import deepspeed_config
 
         bf16 = bool(self.cfg.get("use_gpu")) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return deepspeed_config(self.job.deepspeed_json or self.cfg["deepspeed"], self.cfg, self.world_size, bf16,
@@ -364,7 +364,7 @@ class UnlearningWorker:
         with _written_in_place(Path(self.job.model_dir)) as partial:
             self._export_model(state).save_pretrained(partial, safe_serialization=True)
             if self.job.tokenizer_dir:
-                from orchestrator.prepare import load_tokenizer
+                from orchestrator.run.prepare import load_tokenizer
 
                 load_tokenizer(self.job.tokenizer_dir).save_pretrained(partial)
 
@@ -374,7 +374,7 @@ class UnlearningWorker:
             return None
         # Imported here, not with the module: a worker process imports this module before the run starts, and the
         # metrics' dependencies (nltk, rouge) are evaluation's cost.
-        from orchestrator.worker_evaluation import evaluate_where_trained
+        from orchestrator.worker.evaluation import evaluate_where_trained
 
         partitioned = self.ds_config is not None and self.engine.stage == 3
         return evaluate_where_trained(self.model, self.job.evaluation, self.rank, self.world_size, partitioned,
@@ -410,7 +410,7 @@ class UnlearningWorker:
         """
         model = self.model
         if self.ds_config is not None:
-            from orchestrator.models import load_causal_lm
+            from orchestrator.models.loading import load_causal_lm
 
             model = load_causal_lm(self.job.target_dir, dtype=getattr(torch, self.job.dtype))
             if hasattr(self.model, "peft_config"):
@@ -514,7 +514,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 def prepare_worker_process(job: TrainJob) -> None:
     """Once per worker process (and per job, for resident workers): quiet logs and warnings, set the threads."""
     _quiet_ray_train_reports()
-    from orchestrator.models import quiet_progress_bars
+    from orchestrator.models.loading import quiet_progress_bars
 
     quiet_progress_bars()
     if job.train.get("deepspeed"):

@@ -1,6 +1,6 @@
 """What a long-lived Ray Train worker group shares: its workers' environment and the driver's feed of messages.
 
-A request stream (`orchestrator/stream/`) and resident run workers (`orchestrator/resident.py`) keep one
+A request stream (`orchestrator/stream/`) and resident run workers (`orchestrator/run/resident.py`) keep one
 `TorchTrainer` running and hand its workers work through a `ray.util.queue.Queue`: rank 0 takes the next message
 and broadcasts it, so that every rank works on the same thing, and says "idle" after a quiet while so that the
 other ranks' collectives never time out while the driver has nothing to send.

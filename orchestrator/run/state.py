@@ -25,7 +25,7 @@ from orchestrator.config import ConfigError, ExperimentConfig
 
 IDENTITY_FILE = "unlearn_run.json"
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's, in the run's folder
-RESIDENT_CHECKPOINT = "resident_checkpoint"  # resident workers' own checkpoint folder (orchestrator/resident.py)
+RESIDENT_CHECKPOINT = "resident_checkpoint"  # resident workers' own checkpoint folder (orchestrator/run/resident.py)
 # Train settings that change how a run is carried out, not what it trains.
 NOT_IDENTITY = ("cpus_per_worker", "max_failures", "log_every", "checkpoint_every_epochs")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")

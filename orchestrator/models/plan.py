@@ -23,7 +23,7 @@ from typing import Any
 
 from methods import MethodProfile, profile
 from orchestrator.config import ConfigError, ExperimentConfig
-from orchestrator.model_shapes import ModelShape, resolve_shape
+from orchestrator.models.shapes import ModelShape, resolve_shape
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -113,7 +113,7 @@ def read_deepspeed(path: str | os.PathLike | None, use_gpu: bool, hidden_size: i
     size. Errors are the engine's too."""
     if path is None:
         return ZeroSettings()
-    from orchestrator.deepspeed_engine import deepspeed_config
+    from orchestrator.worker.deepspeed_engine import deepspeed_config
 
     ds = deepspeed_config(str(path), {"batch_size": 1, "max_grad_norm": None}, world_size=1,
                           bf16_available=use_gpu, hidden_size=hidden_size)
@@ -338,7 +338,7 @@ def _why(total: float, budget: float, phase: str, breakdown: dict[str, float], z
     activation = sum(v for k, v in breakdown.items() if k.startswith(("activations", "logits", "full-vocab")))
     if phase.startswith("load"):
         hint = "each worker loads the whole model (and reference) onto its device before ZeRO partitions it " \
-               "(orchestrator/train.py): a larger device is needed"
+               "(orchestrator/worker/loop.py): a larger device is needed"
     elif phase.startswith("adapters"):
         hint = "FILA's Fisher pass runs on the whole model before partitioning: lower train.batch_size or " \
                "data.max_length"

@@ -9,8 +9,8 @@ method table, a grid of its own, a notebook) can instead keep one worker group a
         for config in configs:
             run_unlearning(config, workers=workers)
 
-The workers run `resident_loop_per_worker`, a Ray Train function that takes jobs from a feed (`orchestrator/feed.py`)
-and runs each with the same code as a `TorchTrainer` per call (`orchestrator/train.py` `unlearn_on_worker`: fresh
+The workers run `resident_loop_per_worker`, a Ray Train function that takes jobs from a feed (`orchestrator/run/feed.py`)
+and runs each with the same code as a `TorchTrainer` per call (`orchestrator/worker/loop.py` `unlearn_on_worker`: fresh
 model, method, optimizer and evaluation per job, nothing carried over). Each call keeps its own output folder,
 model, `summary.json` and resumable checkpoint (under `<output>/ray/<run name>/`, written by the workers rather than
 reported to Ray Train, since one Ray Train run serves them all), so a call killed midway resumes when it is made
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.config import ConfigError
-from orchestrator.feed import next_message, worker_env
+from orchestrator.run.feed import next_message, worker_env
 
 RESULT_POLL_S = 1.0  # the driver's wait on the results queue (a result ends it at once) between checks that the
 # worker group still runs: a short wait would keep the driver and the queue actor busy with empty calls
@@ -75,12 +75,12 @@ class ResidentWorkers:
         from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        from orchestrator.training_metrics import TrainingMetricsCallback
+        from orchestrator.observe.training_metrics import TrainingMetricsCallback
 
         if not ray.is_initialized():
-            raise RuntimeError("ResidentWorkers.start needs a connected Ray (orchestrator.ray_session.connect_ray)")
+            raise RuntimeError("ResidentWorkers.start needs a connected Ray (orchestrator.run.ray_session.connect_ray)")
         if self.cpus_per_worker is None:
-            from orchestrator.run import free_cpus_per_worker
+            from orchestrator.run.unlearning import free_cpus_per_worker
 
             self.cpus_per_worker = free_cpus_per_worker(self.workers)
         self._feed = ray.util.queue.Queue(actor_options={"num_cpus": 0})
@@ -165,7 +165,7 @@ class ResidentWorkers:
 
         `on_report`: called here, on the caller's thread, with each of the run's progress reports (the metrics a
         Ray Train callback sees), as they arrive."""
-        from orchestrator.run import RunError, _last_line
+        from orchestrator.run.unlearning import RunError, _last_line
 
         self.check_fits(job.train)
         self.start()
@@ -198,7 +198,7 @@ def resident_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train function of resident workers: run job after job from the feed until told to stop."""
     import ray.train
 
-    from orchestrator.train import prepare_worker_process, unlearn_on_worker
+    from orchestrator.worker.loop import prepare_worker_process, unlearn_on_worker
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()

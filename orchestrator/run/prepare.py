@@ -17,7 +17,7 @@ from orchestrator.config import DataConfig, EvalConfig, ExperimentConfig
 from orchestrator.data.schema import Example, UnlearningData
 from orchestrator.data.tokenize import PromptTemplate, encode
 from orchestrator.evaluation import EvalReport, EvalSettings, evaluate_model
-from orchestrator.progress import Steps
+from orchestrator.observe.progress import Steps
 
 Progress = Callable[[str], None]
 REPORT_FILE = "report.json"
@@ -96,7 +96,7 @@ def encode_rows(tokenizer, examples: tuple[Example, ...] | list[Example], templa
 def evaluate_dir(model_dir: str | Path, tokenizer, data: UnlearningData, template: PromptTemplate,
                  settings: EvalSettings, retain_reference: EvalReport | None = None,
                  progress: Steps | None = None) -> EvalReport:
-    from orchestrator.models import load_causal_lm
+    from orchestrator.models.loading import load_causal_lm
 
     model = load_causal_lm(model_dir)
     return evaluate_model(model, tokenizer, data, template, settings, retain_reference=retain_reference,
@@ -118,7 +118,7 @@ def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progre
     eval_spec = {"eval": config.eval.model_dump(), "data": data_fp, "max_length": config.data.max_length}
 
     if config.model.name == "tiny":
-        from orchestrator.tiny_models import build_tiny_models
+        from orchestrator.models.tiny import build_tiny_models
 
         tiny = build_tiny_models(cache, config, data, data_fp, template, progress)
         tokenizer_dir, target_dir = tiny.tokenizer_dir, tiny.target_dir

@@ -1,0 +1,1 @@
+"""Models: loading, the embedded tiny models and their fine-tuning, shapes, and the memory planner."""

@@ -1,0 +1,1 @@
+"""What a person watching sees: Ray dashboard metrics, training metrics, progress, and run reports."""

@@ -1,0 +1,1 @@
+"""Running unlearning: the run function, its preparation and state, the Ray session, and the worker groups."""

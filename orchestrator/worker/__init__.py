@@ -1,0 +1,1 @@
+"""What runs inside a Ray Train worker: the unlearning loop, batching, engines, checkpoints, early stop, evaluation."""
