@@ -38,7 +38,9 @@ from orchestrator.worker.batching import UnlearningBatches, UnlearningRows
 from orchestrator.config import parse_config
 from orchestrator.worker.engine import TorchStepEngine
 from orchestrator.models.loading import load_causal_lm
-from orchestrator.run.prepare import Prepared, encode_rows, load_tokenizer, prepare
+from orchestrator.models.loading import load_tokenizer
+from orchestrator.run.job import encode_part
+from orchestrator.run.prepare import Prepared, prepare
 
 LR = 1e-5  # the step's cost does not depend on it; small so that no method diverges within the timed steps
 
@@ -68,8 +70,8 @@ def build_rows(prepared: Prepared, tokenizer, max_length: int) -> UnlearningRows
     from orchestrator.data.tokenize import encode
 
     data, template = prepared.data, prepared.template
-    rows = UnlearningRows(forget=encode_rows(tokenizer, data.forget, template, max_length))
-    rows.retain = encode_rows(tokenizer, data.retain, template, max_length, offset=1_000_000)
+    rows = UnlearningRows(forget=encode_part(tokenizer, data.forget, "forget", template, max_length))
+    rows.retain = encode_part(tokenizer, data.retain, "retain", template, max_length)
     rows.alternate = [encode(tokenizer, e, i, template, max_length, answer=e.idk_answer)
                       for i, e in enumerate(data.forget)]
     neighbours = nearest_retained(data.forget, data.retain)

@@ -2,6 +2,9 @@
 
 `import methods` does not import torch: the registry, hyperparameters and profiles are torch-free, so configs and
 the CLI can use them in milliseconds. The torch-side names (`UnlearningMethod`, `Batch`, ...) load on first access.
+
+Import layers, bottom up: `spec` (data types) <- `registry` (name -> spec) <- `hyperparameters` and `catalog` (the
+built-in methods, registered when `catalog` is imported, here) <- `base` and the losses (torch).
 """
 
 from __future__ import annotations
@@ -9,8 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from methods.catalog import LoraAdapters, MethodProfile, MethodSpec
-from methods.hyperparameters import Hyperparameters
+from methods import catalog  # noqa: F401  (importing it registers the built-in methods)
 from methods.registry import (
     MethodConfigError,
     available_methods,
@@ -23,6 +25,7 @@ from methods.registry import (
     register,
     validate_hyperparameters,
 )
+from methods.spec import Hyperparameters, LoraAdapters, MethodProfile, MethodSpec
 
 _TORCH_NAMES = ("Batch", "BatchPart", "ForgetSample", "StepEngine", "UnlearningMethod")
 

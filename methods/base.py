@@ -19,9 +19,9 @@ from typing import Any, Callable, ClassVar, Iterable, Protocol
 
 import torch
 
-from methods.catalog import MethodProfile
-from methods.hyperparameters import Hyperparameters
+from methods import registry
 from methods.numerics import shift_for_next_token, token_mask
+from methods.spec import Hyperparameters, MethodProfile
 
 Batch = dict[str, dict[str, torch.Tensor]]
 BatchPart = dict[str, torch.Tensor]
@@ -56,9 +56,7 @@ class UnlearningMethod:
     Hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
 
     def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
-        from methods.registry import profile
-
-        self.profile: MethodProfile = profile(self.name, hparams)
+        self.profile: MethodProfile = registry.profile(self.name, hparams)
         if self.needs_reference and reference is None:
             raise ValueError(f"method {self.name!r} needs a frozen reference model; pass reference=...")
         self.hparams = hparams

@@ -1,79 +1,20 @@
-"""What the training loop and the memory plan need to know about a method, from its name and hyperparameters alone.
-
-A `MethodProfile` says which batch parts a method's loss reads, whether it needs the frozen reference model,
-whether it runs under DeepSpeed, whether it refines the forget set between epochs, which optimizer it prescribes,
-and what changes its memory (LoRA adapters, full-vocabulary targets, double backward). It is computed without
-torch and without building the method, so the driver reads it once (`methods.profile(name, hparams)`) instead of
-building probe methods; the built method reads its own flags from the same profile, so the two cannot disagree.
+"""The built-in methods: for each, its hyperparameters, the rule that turns them into a profile, and its torch code.
 
 `BUILTIN` lists every built-in method: its hyperparameters (`methods/hyperparameters.py`), the rule that turns them
-into a profile, and where its torch implementation lives (imported only when the method is built).
+into a `MethodProfile` (what the training loop and the memory plan need to know about it; see `methods/spec.py`),
+and where its torch implementation lives (imported only when the method is built). Importing this module registers
+them (`methods/__init__.py` imports it, so every import of `methods` does); `registry.py` lists no method of its own.
+
+The module sits above the registry, not below it: SOUL's profile is its inner objective's, looked up by name.
+`LoraAdapters`, `MethodProfile`, `MethodSpec`, `PART_ORDER` and `parts` are defined in `methods/spec.py` and
+re-exported here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal
-
 from methods import hyperparameters as hp
-
-PART_ORDER = ("forget", "retain", "alternate", "analogous")
-
-
-@dataclass(frozen=True)
-class LoraAdapters:
-    """LoRA adapters a method trains instead of the full weights (FILA)."""
-
-    rank: int
-    target_modules: tuple[str, ...] | None  # None: every Linear but the output head
-
-
-@dataclass(frozen=True)
-class MethodProfile:
-    """The parts of a method the loop, the planner and the CLI act on; see the module docstring."""
-
-    name: str
-    parts: tuple[str, ...] = ("forget",)  # batch parts the loss reads, in PART_ORDER
-    needs_reference: bool = False
-    supports_deepspeed: bool = True
-    refines_forget_set: bool = False  # `on_epoch_end` may shrink the forget set (ICU)
-    optimizer: Literal["adamw", "sophia"] = "adamw"  # adamw: the loop's default; sophia: the method's SophiaG
-    adapters: LoraAdapters | None = None
-    full_vocab_part: str | None = None  # the part on which the loss builds full-vocabulary fp32 tensors per token
-    double_backward: bool = False  # gradients of gradients (OFMU): their graphs stay alive through the step
-
-    def __post_init__(self) -> None:
-        if self.parts[:1] != ("forget",) or tuple(p for p in PART_ORDER if p in self.parts) != self.parts:
-            raise ValueError(f"parts must start with 'forget' and follow {PART_ORDER}, got {self.parts}")
-        if self.full_vocab_part is not None and self.full_vocab_part not in self.parts:
-            raise ValueError(f"full_vocab_part {self.full_vocab_part!r} is not one of the parts {self.parts}")
-
-    @property
-    def uses_retain(self) -> bool:
-        return "retain" in self.parts
-
-    @property
-    def uses_alternate(self) -> bool:
-        return "alternate" in self.parts
-
-    @property
-    def uses_analogous(self) -> bool:
-        return "analogous" in self.parts
-
-
-def parts(*used: str | None) -> tuple[str, ...]:
-    """("forget", *used) in PART_ORDER; None entries (a part switched off by a hyperparameter) are dropped."""
-    return tuple(p for p in PART_ORDER if p == "forget" or p in used)
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One registry entry: a method's name, hyperparameters, profile rule and torch implementation."""
-
-    name: str
-    hyperparameters: type[hp.Hyperparameters]
-    profile: Callable[[hp.Hyperparameters], MethodProfile]  # receives validated hyperparameters
-    implementation: str  # "module:Class", imported on build
+from methods import registry
+from methods.spec import PART_ORDER, LoraAdapters, MethodProfile, MethodSpec, parts  # noqa: F401  (re-exported)
 
 
 def _retain_if(alpha: float) -> str | None:
@@ -87,9 +28,7 @@ def _graddiff(h: hp.GradDiffHyperparameters) -> MethodProfile:
 
 
 def _soul(h: hp.SOULHyperparameters) -> MethodProfile:
-    from methods.registry import profile  # the inner objective's own rule, from this same table
-
-    inner = profile(h.objective, h.objective_hparams)
+    inner = registry.profile(h.objective, h.objective_hparams)  # the inner objective's own rule, from this table
     return MethodProfile(
         "soul", inner.parts, needs_reference=inner.needs_reference,
         # GNB reads p.grad outside the engine's step; ZeRO keeps gradients partitioned inside DeepSpeed instead.
@@ -135,3 +74,11 @@ BUILTIN: tuple[MethodSpec, ...] = (
                lambda h: MethodProfile("ofmu", parts("retain"), supports_deepspeed=False, double_backward=True),
                "methods.ofmu:OFMU"),
 )
+
+
+def _register_builtins() -> None:
+    for spec in BUILTIN:
+        registry.register(spec)
+
+
+_register_builtins()

@@ -3,6 +3,9 @@
 Kept apart from the losses, and free of torch, so that loading a config, `unlearn methods` and the memory plan can
 validate and describe hyperparameters without importing torch (a second or more on every command). The loss files
 (`methods/<name>.py`) cite the same papers and reference code; each method class points at its model here.
+
+The base class `Hyperparameters` is defined in `methods/spec.py` (below the registry) and re-exported here. This
+module sits above the registry: SOUL validates its inner objective's hyperparameters by the objective's name.
 """
 
 from __future__ import annotations
@@ -11,11 +14,8 @@ from typing import Any, Literal
 
 import pydantic
 
-
-class Hyperparameters(pydantic.BaseModel):
-    """Base of every method's hyperparameters: unknown keys are an error, values are validated on build."""
-
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+from methods import registry
+from methods.spec import Hyperparameters
 
 
 class GAHyperparameters(Hyperparameters):
@@ -132,11 +132,9 @@ class SOULHyperparameters(Hyperparameters):
     @pydantic.field_validator("objective_hparams")
     @classmethod
     def _inner_objective_valid(cls, value: dict[str, Any], info: pydantic.ValidationInfo) -> dict[str, Any]:
-        from methods.registry import validate_hyperparameters  # the registry lists this module's models
-
         # MethodConfigError is a ValueError: pydantic reports it under 'objective_hparams'.
         if "objective" in info.data:  # absent when `objective` itself was invalid
-            validate_hyperparameters(info.data["objective"], value)
+            registry.validate_hyperparameters(info.data["objective"], value)
         return value
 
 

@@ -1,8 +1,12 @@
 """Name -> method registry, and `build`, the one way to make a method from its hyperparameters.
 
 Everything here but `build` and `method_class` works without torch: names, hyperparameter validation and help,
-and profiles come from `methods/catalog.py` and `methods/hyperparameters.py`. A method's torch implementation is
-imported the first time it is built.
+and profiles come from each method's `MethodSpec`. A method's torch implementation is imported the first time it
+is built.
+
+The registry imports only the data types (`methods/spec.py`); the built-in methods (`methods/catalog.py`, which
+looks SOUL's inner objective up here) register themselves when `methods` is imported, so the registry is filled
+before any `methods.registry` import returns.
 """
 
 from __future__ import annotations
@@ -12,15 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from methods.catalog import BUILTIN, MethodProfile, MethodSpec
-from methods.hyperparameters import Hyperparameters
+from methods.spec import Hyperparameters, MethodProfile, MethodSpec
 
 if TYPE_CHECKING:
     import torch
 
     from methods.base import UnlearningMethod
 
-_REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in BUILTIN}
+_REGISTRY: dict[str, MethodSpec] = {}  # filled by `register`: methods/catalog.py's BUILTIN, then outside methods
 
 
 class MethodConfigError(ValueError):

@@ -138,7 +138,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                 "pass a run's model/ folder")
     config = load_config(args.config)
     from orchestrator.data.tokenize import PromptTemplate
-    from orchestrator.run.prepare import evaluate_dir, eval_settings, load_data, load_tokenizer
+    from orchestrator.models.loading import load_tokenizer
+    from orchestrator.run.prepare import evaluate_dir, eval_settings, load_data
 
     data = load_data(config.data)
     report = evaluate_dir(args.model, load_tokenizer(args.model), data, PromptTemplate(),
@@ -265,15 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_user_error(err: Exception) -> bool:
-    """Errors that mean "the input is wrong" (ConfigError and MethodConfigError are ValueErrors), and a failed run.
+    """Errors that mean "the input is wrong" (ConfigError and MethodConfigError are ValueErrors), and a failed run."""
+    from orchestrator.errors import RunError
 
-    RunError is looked up only if its module was imported: importing it here would import torch and Ray for every
-    command, and an error from a module that was never imported cannot be a RunError."""
-    handled: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError)
-    run = sys.modules.get("orchestrator.run.unlearning")
-    if run is not None:
-        handled += (run.RunError,)
-    return isinstance(err, handled)
+    return isinstance(err, (ValueError, FileNotFoundError, NotADirectoryError, RunError))
 
 
 def _one_line(err: Exception) -> str:

@@ -15,12 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 import methods
+from orchestrator.errors import ConfigError  # lives below the sections that raise it; importable from here too
 from orchestrator.stream.config import StreamConfig
 from orchestrator.sweep.config import SweepConfig
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message is one line naming the problem."""
 
 
 class _Section(BaseModel):

@@ -42,19 +42,19 @@ def load_tofu(forget_split: str = "forget10", path: str = "locuslab/TOFU", world
     if forget_split not in TOFU_SPLITS:
         raise ValueError(f"forget_split must be one of {', '.join(TOFU_SPLITS)}, got {forget_split!r}")
     retain_split, holdout_split = TOFU_SPLITS[forget_split]
-    forget_rows = _load_rows(path, forget_split)
-    retain_rows = _load_rows(path, retain_split)
-    forget_extra = _by_question(_load_rows(path, f"{forget_split}_perturbed"))
-    retain_extra = _by_question(_load_rows(path, "retain_perturbed"))
+    forget_rows = load_rows(path, forget_split)
+    retain_rows = load_rows(path, retain_split)
+    forget_extra = _by_question(load_rows(path, f"{forget_split}_perturbed"))
+    retain_extra = _by_question(load_rows(path, "retain_perturbed"))
     # Retain authors come first in TOFU's `full`; the forget authors follow them.
     first_forget_author = len(retain_rows) // QA_PER_AUTHOR
     forget = _author_examples(forget_rows, forget_extra, "tofu-author", first_forget_author)
     retain = _author_examples(retain_rows, retain_extra, "tofu-author", 0)
-    holdout = _author_examples(_load_rows(path, holdout_split), {}, "tofu-holdout", 0)
+    holdout = _author_examples(load_rows(path, holdout_split), {}, "tofu-holdout", 0)
     world_examples: tuple[Example, ...] = ()
     if world:
         world_examples = tuple(
-            e for prefix, config in WORLD_CONFIGS.items() for e in _world_examples(_load_rows(path, config), prefix)
+            e for prefix, config in WORLD_CONFIGS.items() for e in _world_examples(load_rows(path, config), prefix)
         )
     return UnlearningData(
         name=f"tofu/{forget_split}",
@@ -72,9 +72,10 @@ def load_tofu(forget_split: str = "forget10", path: str = "locuslab/TOFU", world
     )
 
 
-def _load_rows(path: str, config: str) -> list[dict[str, Any]]:
+def load_rows(path: str, config: str) -> list[dict[str, Any]]:
     """One TOFU config's rows; any failure (no network, no such config) becomes a one-line ConfigError that names
-    `data.tofu_path`, the key that points the loader at a local copy."""
+    `data.tofu_path`, the key that points the loader at a local copy. Public: the stream's nested TOFU requests
+    (`orchestrator/stream/sources.py`) read the forget splits with it too."""
     import datasets  # heavy; only this loader needs it
 
     try:

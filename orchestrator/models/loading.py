@@ -63,3 +63,13 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> torc
     finally:
         if shown:
             hf_logging.enable_progress_bar()
+
+
+def load_tokenizer(path: str):
+    """The tokenizer saved in `path`, padding with its end-of-sequence token where it has no pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -46,7 +46,7 @@ class TinyModels:
 def build_tiny_models(cache: ArtifactCache, config: ExperimentConfig, data: UnlearningData, data_fp: str,
                       template: PromptTemplate, progress: Progress) -> TinyModels:
     """Tokenizer, pretrained base (unless `model.pretrain` is null), target and retain models, from the cache."""
-    from orchestrator.run.prepare import load_tokenizer
+    from orchestrator.models.loading import load_tokenizer
 
     pretrain = config.model.pretrain
     tokenizer_dir = _tokenizer(cache, config, data, data_fp, template, progress)

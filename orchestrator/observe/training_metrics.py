@@ -30,7 +30,7 @@ def tokens_per_step(job: Any, workers: int) -> float | None:
             ("retain", profile.uses_retain), ("alternate", profile.uses_alternate),
             ("analogous", profile.uses_analogous)) if used]
         per_worker = math.ceil(len(rows.forget) / workers)
-        batch = min(job.train["batch_size"], per_worker)
+        batch = min(job.train.batch_size, per_worker)
         return float(workers * batch * sum(sum(len(r.input_ids) for r in part) / len(part) for part in parts if part))
     except Exception:
         return None

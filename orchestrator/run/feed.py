@@ -1,18 +1,78 @@
-"""What a long-lived Ray Train worker group shares: its workers' environment and the driver's feed of messages.
+"""What a long-lived Ray Train worker group and its driver say to each other, and how every rank hears it.
 
-A request stream (`orchestrator/stream/`) and resident run workers (`orchestrator/run/resident.py`) keep one
-`TorchTrainer` running and hand its workers work through a `ray.util.queue.Queue`: rank 0 takes the next message
-and broadcasts it, so that every rank works on the same thing, and says "idle" after a quiet while so that the
-other ranks' collectives never time out while the driver has nothing to send.
+Resident worker groups (`orchestrator/run/resident.py`) serve `unlearn run`, sweep slots and request streams: the
+driver puts `Task` messages on a feed (a `ray.util.queue.Queue`), rank 0 takes the next one and broadcasts it, so
+that every rank works on the same thing, and says `Idle` after a quiet while so that the other ranks' collectives
+never time out while the driver has nothing to send. Rank 0 answers on a results queue with `TaskReport` (a run's
+progress report, when the caller asked for them), `TaskDone` or `TaskFailed`.
+
+Every message is a dataclass both sides import: a misspelt field fails where the message is built.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 IDLE_POLL_S = 2.0  # rank 0's wait on the feed before it tells the other ranks "nothing yet" (keeps gloo alive)
 POLL_INTERVAL_S = 0.25  # Ray Train's controller polling of the workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)
+
+Forward = Callable[[dict[str, Any]], None]
+
+
+class WorkerTask(Protocol):
+    """Work a resident group does on every rank; rank 0's return value goes back to the driver.
+
+    `forward`: hands the driver a progress report of the task (None when the caller did not ask for them)."""
+
+    def run(self, slot: "WorkerSlot", forward: Forward | None) -> Any: ...
+
+
+class WorkerSlot:
+    """What a worker process keeps between tasks: a stream's resident model, under a key of the stream's choosing."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Task:
+    call: int
+    task: WorkerTask
+    forward_reports: bool = False
+
+
+@dataclass(frozen=True)
+class Idle:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    call: int
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TaskDone:
+    call: int
+    result: Any
+
+
+@dataclass(frozen=True)
+class TaskFailed:
+    call: int
+    error: str
+
+
+FeedMessage = Task | Idle | Stop
+ResultMessage = TaskReport | TaskDone | TaskFailed
 
 
 def worker_env(use_gpu: bool) -> dict[str, str]:
@@ -28,21 +88,22 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
     return env
 
 
-def next_message(feed: Any, rank: int, world_size: int, timeout: float = IDLE_POLL_S) -> dict[str, Any]:
-    """The driver's next message on every rank (rank 0 reads `feed`); `{"kind": "idle"}` after `timeout` s."""
-    message: dict[str, Any] | None = None
+def next_message(feed: Any, rank: int, world_size: int, timeout: float = IDLE_POLL_S) -> FeedMessage:
+    """The driver's next message on every rank (rank 0 reads `feed`); `Idle()` after `timeout` s."""
+    message: FeedMessage | None = None
     if rank == 0:
         from ray.util.queue import Empty
 
         try:
             message = feed.get(block=True, timeout=timeout)
         except Empty:
-            message = {"kind": "idle"}
+            message = Idle()
     if world_size > 1:
         import torch.distributed as dist
 
         holder = [message]
         dist.broadcast_object_list(holder, src=0)
         message = holder[0]
-    assert message is not None
+    if not isinstance(message, (Task, Idle, Stop)):
+        raise TypeError(f"unexpected message on the worker feed: {message!r}")
     return message

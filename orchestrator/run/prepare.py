@@ -14,10 +14,11 @@ from typing import Callable
 
 from orchestrator.cache import ArtifactCache, content_key
 from orchestrator.config import DataConfig, EvalConfig, ExperimentConfig
-from orchestrator.data.schema import Example, UnlearningData
-from orchestrator.data.tokenize import PromptTemplate, encode
+from orchestrator.data.schema import UnlearningData
+from orchestrator.data.tokenize import PromptTemplate
 from orchestrator.evaluation import EvalReport, EvalSettings, evaluate_model
 from orchestrator.observe.progress import Steps
+from orchestrator.models.loading import load_tokenizer
 
 Progress = Callable[[str], None]
 REPORT_FILE = "report.json"
@@ -77,20 +78,6 @@ def fingerprint(data: UnlearningData) -> str:
 def eval_settings(cfg: EvalConfig, max_length: int) -> EvalSettings:
     return EvalSettings(max_examples=cfg.max_per_split, batch_size=cfg.batch_size,
                         max_new_tokens=cfg.max_new_tokens, max_length=max_length)
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def encode_rows(tokenizer, examples: tuple[Example, ...] | list[Example], template: PromptTemplate, max_length: int,
-                offset: int = 0):
-    return [encode(tokenizer, e, offset + i, template, max_length) for i, e in enumerate(examples)]
 
 
 def evaluate_dir(model_dir: str | Path, tokenizer, data: UnlearningData, template: PromptTemplate,

@@ -14,12 +14,22 @@ So a run joins only a Ray that is meant to be shared:
 
 and otherwise starts a private Ray with `ray.init(address="local")`, which ignores `RAY_ADDRESS` and the address
 file, so that nothing on the machine is picked up by accident. A private Ray ends with this process.
+
+A private Ray's worker processes get `RAY_ADDRESS` set to their own cluster (a setup hook, see
+`ray_internals.private_ray_runtime_env`): Ray's own helpers running there (Ray Train's PlacementGroupCleaner)
+otherwise auto-detect "the" cluster and fail with "Found multiple active Ray instances" while another program's
+private Ray runs on the machine. This process's own environment is left alone: `RAY_ADDRESS` set here after
+`ray.init` never reaches the workers (they inherit the raylet's environment, fixed when it started), and it would
+outlive `ray.shutdown()`, sending a later `connect_ray` in this process to a Ray that is gone. Ray's private modules
+are used only through `ray_internals`.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Callable
+
+from orchestrator.run.ray_internals import live_gcs_addresses, private_ray_runtime_env, ray_address_file
 
 Progress = Callable[[str], None]
 
@@ -29,18 +39,14 @@ def started_cluster_address(temp_dir: str | None = None) -> str | None:
 
     `temp_dir` is Ray's temporary folder (default /tmp/ray), where `ray start` leaves the address file.
     """
-    from ray._common.utils import get_ray_address_file
-    from ray._private import services
-
-    path = get_ray_address_file(temp_dir)
-    if not os.path.isfile(path):
+    path = ray_address_file(temp_dir)
+    if path is None or not os.path.isfile(path):
         return None
     with open(path) as f:
         address = f.read().strip()
     if not address:
         return None
-    services.find_gcs_addresses.cache_clear()
-    return address if address in services.find_gcs_addresses() else None
+    return address if address in live_gcs_addresses() else None
 
 
 def named_address(configured: str | None) -> str | None:
@@ -89,8 +95,10 @@ def connect_ray(address: str | None, num_cpus: int | None, progress: Progress = 
         # One machine, ours alone: no node of it can be preempted, so Ray Train's per-run PreemptionWatcher actor
         # (one more process started and torn down by every `fit`) has nothing to watch.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        # Its workers are told their own cluster's address: Ray's helpers that auto-detect "the" cluster (Ray
+        # Train's PlacementGroupCleaner) fail once another program's private Ray runs on this machine too.
         ray.init(address="local", num_cpus=num_cpus, log_to_driver=True, include_dashboard=True,
-                 dashboard_host=private_dashboard_host(dashboard_host))
+                 dashboard_host=private_dashboard_host(dashboard_host), runtime_env=private_ray_runtime_env())
         how = "a private local Ray"
     progress(f"using {how}")
     return how

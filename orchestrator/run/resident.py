@@ -1,21 +1,22 @@
-"""Resident run workers: one Ray Train worker group that serves `run_unlearning` call after call.
+"""Resident worker groups: one Ray Train worker group that serves task after task, for every driver.
 
 A `TorchTrainer` per call pays Ray Train's start every time: a controller, a placement group, a synchronization
 actor and fresh worker processes that import torch and transformers, 6-10 s on a small machine before the first
 step, as much as the embedded default's whole train loop. A caller that runs many unlearning runs in one process (a
-method table, a grid of its own, a notebook) can instead keep one worker group alive:
+method table, a sweep slot, a notebook) keeps one worker group alive instead:
 
     with ResidentWorkers(workers=1) as workers:
         for config in configs:
             run_unlearning(config, workers=workers)
 
-The workers run `resident_loop_per_worker`, a Ray Train function that takes jobs from a feed (`orchestrator/run/feed.py`)
-and runs each with the same code as a `TorchTrainer` per call (`orchestrator/worker/loop.py` `unlearn_on_worker`: fresh
-model, method, optimizer and evaluation per job, nothing carried over). Each call keeps its own output folder,
-model, `summary.json` and resumable checkpoint (under `<output>/ray/<run name>/`, written by the workers rather than
-reported to Ray Train, since one Ray Train run serves them all), so a call killed midway resumes when it is made
-again under the same run name. If the worker group dies (a worker killed, a node lost), the call raises `RunError`
-and the next call starts a new group.
+and a request stream keeps its model resident on one (`orchestrator/stream/worker.py`). The workers run
+`resident_loop_per_worker`, a Ray Train function that takes `Task`s from a feed (`orchestrator/run/feed.py`) and
+runs each on every rank with the same worker code as a `TorchTrainer` per call (`orchestrator/worker/`). A run's
+task (`UnlearnTask`) builds a fresh model, method, optimizer and evaluation, nothing carried over; it keeps its own
+output folder, model, `summary.json` and resumable checkpoint (under `<output>/ray/<run name>/`, written by the
+workers rather than reported to Ray Train, since one Ray Train run serves them all), so a call killed midway resumes
+when it is made again under the same run name. If the worker group dies (a worker killed, a node lost), the call
+raises `RunError` and the next call starts a new group.
 
 Plain PyTorch engines only: DeepSpeed keeps process-wide state (its accelerator, ZeRO-3's parameter hooks) that
 one engine per job in the same process does not undo, so `train.deepspeed` runs take a `TorchTrainer` per call.
@@ -29,19 +30,42 @@ import tempfile
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.config import ConfigError
-from orchestrator.run.feed import next_message, worker_env
+from orchestrator.errors import ConfigError, RunError, last_line
+from orchestrator.run.feed import (Forward, Idle, ResultMessage, Stop, Task, TaskDone, TaskFailed, TaskReport,
+                                   WorkerSlot, WorkerTask, next_message)
+from orchestrator.run.job import free_cpus_per_worker
+from orchestrator.run.worker_group import worker_group
+from orchestrator.worker.entry import prepare_worker_process, unlearn_on_worker
+from orchestrator.worker.job import TrainJob, WorkerSettings, WorkerSummary
 
 RESULT_POLL_S = 1.0  # the driver's wait on the results queue (a result ends it at once) between checks that the
 # worker group still runs: a short wait would keep the driver and the queue actor busy with empty calls
 STOP_WAIT_S = 60.0
 
 
+@dataclass(frozen=True)
+class UnlearnTask:
+    """One unlearning run on a resident group: the same worker code as a `TorchTrainer` of its own."""
+
+    job: TrainJob
+    checkpoint_folder: str
+    report_tags: dict[str, Any]
+
+    def run(self, slot: WorkerSlot, forward: Forward | None) -> WorkerSummary | None:
+        entered = time.time()
+        prepare_worker_process(self.job.train.threads, bool(self.job.train.deepspeed))
+        summary = unlearn_on_worker(self.job, Path(self.checkpoint_folder), self.report_tags, forward)
+        if summary is not None:
+            summary.clock = {"entered": entered, "left": time.time()}
+        return summary
+
+
 class ResidentWorkers:
-    """A Ray Train worker group kept alive across `run_unlearning(config, workers=...)` calls.
+    """A Ray Train worker group kept alive across calls.
 
     `workers`, `cpus_per_worker` and `use_gpu` fix its shape; a config asking for another shape is refused. CPUs
     per worker default to the CPUs Ray has free when the group starts, shared by the workers. Started by the first
@@ -63,6 +87,7 @@ class ResidentWorkers:
         self._error: BaseException | None = None
         self._storage: Path | None = None
         self._feed = self._results = None
+        self._forwards: dict[int, Forward] = {}
         self.starts = 0  # how many worker groups were started (a dead one is replaced by the next call)
 
     # --- life cycle ---------------------------------------------------------------------------------------
@@ -72,34 +97,24 @@ class ResidentWorkers:
             return
         import ray
         import ray.util.queue
-        from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
 
         from orchestrator.observe.training_metrics import TrainingMetricsCallback
 
         if not ray.is_initialized():
             raise RuntimeError("ResidentWorkers.start needs a connected Ray (orchestrator.run.ray_session.connect_ray)")
         if self.cpus_per_worker is None:
-            from orchestrator.run.unlearning import free_cpus_per_worker
-
             self.cpus_per_worker = free_cpus_per_worker(self.workers)
         self._feed = ray.util.queue.Queue(actor_options={"num_cpus": 0})
         self._results = ray.util.queue.Queue(actor_options={"num_cpus": 0})
         if self.storage_root is not None:
             self.storage_root.mkdir(parents=True, exist_ok=True)
         self._storage = Path(tempfile.mkdtemp(prefix="ray-unlearn-resident-", dir=self.storage_root))
-        trainer = TorchTrainer(
-            resident_loop_per_worker,
-            train_loop_config={"feed": self._feed, "results": self._results},
-            scaling_config=ScalingConfig(num_workers=self.workers, use_gpu=self.use_gpu,
-                                         resources_per_worker={"CPU": self.cpus_per_worker}),
-            run_config=RunConfig(name="resident", storage_path=str(self._storage),
-                                 failure_config=FailureConfig(max_failures=0),
-                                 worker_runtime_env={"env_vars": worker_env(self.use_gpu)},
-                                 logging_config=LoggingConfig(log_level="WARNING"),
-                                 callbacks=[TrainingMetricsCallback("resident", "resident")]),
-        )
+        trainer = worker_group(
+            resident_loop_per_worker, {"feed": self._feed, "results": self._results}, name="resident",
+            storage=self._storage, workers=self.workers, cpus_per_worker=self.cpus_per_worker, use_gpu=self.use_gpu,
+            callbacks=[TrainingMetricsCallback("resident", "resident")])
         self._error = None
+        self._forwards.clear()
         # Off the main thread Ray Train registers no SIGINT handler: Ctrl-C reaches the caller, and `close` (or the
         # process's end) takes the group down.
         self._thread = threading.Thread(target=self._fit, args=(trainer,), name="resident-workers", daemon=True)
@@ -122,7 +137,7 @@ class ResidentWorkers:
         """Stop the worker group and remove its Ray Train state (the runs' outputs are theirs and stay)."""
         if self.alive and self._feed is not None:
             try:
-                self._feed.put({"kind": "stop"})
+                self._feed.put(Stop())
             except Exception:
                 pass
             self._thread.join(timeout=STOP_WAIT_S)
@@ -145,83 +160,97 @@ class ResidentWorkers:
         self.close()
 
     # --- calls --------------------------------------------------------------------------------------------
-    def check_fits(self, train: dict[str, Any]) -> None:
-        """Refuse a run whose resolved train settings need another worker group than this one."""
-        if train.get("deepspeed"):
+    def check_fits(self, train: WorkerSettings) -> None:
+        """Refuse a run whose train settings need another worker group than this one."""
+        if train.deepspeed:
             raise ConfigError("resident workers run plain PyTorch engines only (DeepSpeed keeps process-wide state "
                               "between engines): run train.deepspeed without `workers=`")
-        asked = {"train.workers": (train["workers"], self.workers), "train.use_gpu": (bool(train.get("use_gpu")),
-                                                                                     self.use_gpu)}
-        if train.get("cpus_per_worker") is not None and self.cpus_per_worker is not None:
-            asked["train.cpus_per_worker"] = (train["cpus_per_worker"], self.cpus_per_worker)
+        asked = {"train.workers": (train.workers, self.workers), "train.use_gpu": (train.use_gpu, self.use_gpu)}
+        if self.cpus_per_worker is not None:
+            asked["train.cpus_per_worker"] = (train.cpus_per_worker, self.cpus_per_worker)
         wrong = [f"{key}={mine} (the resident workers have {theirs})" for key, (mine, theirs) in asked.items()
                  if mine != theirs]
         if wrong:
             raise ConfigError(f"the run does not fit the resident workers: {', '.join(wrong)}")
 
-    def run(self, job: Any, checkpoint_folder: Path, report_tags: dict[str, Any],
-            on_report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Run one `TrainJob` on the worker group; returns rank 0's summary (as `train_loop_per_worker` does).
+    def submit(self, task: WorkerTask, on_report: Forward | None = None) -> int:
+        """Hand `task` to the group (started if need be); returns the call's number for `result`.
 
-        `on_report`: called here, on the caller's thread, with each of the run's progress reports (the metrics a
-        Ray Train callback sees), as they arrive."""
-        from orchestrator.run.unlearning import RunError, _last_line
-
-        self.check_fits(job.train)
+        `on_report`: called on the thread that waits in `result`, with each progress report the task forwards."""
         self.start()
         call = next(self._ids)
-        self._feed.put({"kind": "job", "id": call, "job": job, "checkpoint_folder": str(checkpoint_folder),
-                        "report_tags": report_tags, "forward_reports": on_report is not None})
+        if on_report is not None:
+            self._forwards[call] = on_report
+        self._feed.put(Task(call, task, forward_reports=on_report is not None))
+        return call
+
+    def result(self, call: int, timeout: float = RESULT_POLL_S) -> tuple[bool, Any]:
+        """(True, rank 0's result) once call `call` is done, (False, None) if it is not within `timeout` s.
+
+        Raises `RunError` when the task failed (the group serves the next) or the group died (the next call starts
+        another)."""
         from ray.util.queue import Empty
 
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                message = self._results.get(block=True, timeout=RESULT_POLL_S)
+                message: ResultMessage = self._results.get(block=True, timeout=max(0.0, deadline - time.monotonic()))
             except Empty:
                 if not self.alive:
                     error = self._error
                     self.close()
                     raise RunError(f"the resident workers stopped during the run: "
-                                   f"{_last_line(error) if error else 'no error reported'}") from error
+                                   f"{last_line(error) if error else 'no error reported'}") from error
+                return False, None
+            if message.call != call:  # a result of a call abandoned earlier (its caller was interrupted)
                 continue
-            if message.get("id") != call:  # a result of a call abandoned earlier (its caller was interrupted)
+            if isinstance(message, TaskReport):  # sent only when `on_report` was given
+                self._forwards[call](message.metrics)
                 continue
-            if message["kind"] == "report":  # sent only when `on_report` was given
-                on_report(message["metrics"])
-                continue
-            if message["kind"] == "error":
-                raise RunError(f"unlearning failed: {message['error']}")
-            return message["summary"]
+            self._forwards.pop(call, None)
+            if isinstance(message, TaskFailed):
+                raise RunError(f"unlearning failed: {message.error}")
+            return True, message.result
+
+    def run(self, task: WorkerTask, on_report: Forward | None = None) -> Any:
+        """`task` on the group, waited for; returns rank 0's result."""
+        call = self.submit(task, on_report)
+        while True:
+            done, result = self.result(call)
+            if done:
+                return result
 
 
 def resident_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train function of resident workers: run job after job from the feed until told to stop."""
+    """Ray Train function of resident workers: run task after task from the feed until told to stop."""
     import ray.train
-
-    from orchestrator.worker.loop import prepare_worker_process, unlearn_on_worker
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    results = config["results"]
+    slot = WorkerSlot()
     while True:
         message = next_message(config["feed"], rank, world_size)
-        if message["kind"] == "idle":
+        if isinstance(message, Idle):
             continue
-        if message["kind"] == "stop":
+        if isinstance(message, Stop):
             return None
-        entered = time.time()
-        job, call = message["job"], message["id"]
-        forward = None
-        if message.get("forward_reports"):  # rank 0's reports only (`UnlearningWorker.on_report`)
-            def forward(metrics: dict[str, Any]) -> None:
-                config["results"].put({"kind": "report", "id": call, "metrics": metrics})
+        call = message.call
+        forward = _forwarder(results, call) if message.forward_reports and rank == 0 else None
         try:
-            prepare_worker_process(job)
-            summary = unlearn_on_worker(job, Path(message["checkpoint_folder"]), message["report_tags"], forward)
-        except Exception as err:  # this run failed; the worker group serves the next one
+            result = message.task.run(slot, forward)
+        except Exception as err:  # this task failed; the worker group serves the next one
             if rank == 0:
                 lines = traceback.format_exception_only(type(err), err)
-                config["results"].put({"kind": "error", "id": call, "error": lines[-1].strip()})
+                results.put(TaskFailed(call, lines[-1].strip()))
             continue
         if rank == 0:
-            summary["clock"] = {"entered": entered, "left": time.time()}
-            config["results"].put({"kind": "done", "id": call, "summary": summary})
+            results.put(TaskDone(call, result))
+
+
+def _forwarder(results: Any, call: int) -> Forward:
+    """Rank 0's way to hand the driver a progress report of call `call` (`UnlearningWorker.on_report`)."""
+    def forward(metrics: dict[str, Any]) -> None:
+        results.put(TaskReport(call, metrics))
+
+    return forward

@@ -75,8 +75,8 @@ class StreamConfig(_Section):
     eval_max_per_split: int = Field(40, ge=1, description="Retain, neighbour and world examples evaluated after "
                                     "each request (forget sets: all of them).")
     keep_checkpoints: int | None = Field(
-        None, ge=1, description="Ray Train checkpoints kept (one per applied request); null: all (the audit "
-        "trail points at them).")
+        None, ge=1, description="Checkpoints kept (one per applied batch, under <method>/checkpoints/; the last "
+        "applied one always); null: all (the audit trail points at them).")
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> "StreamConfig":

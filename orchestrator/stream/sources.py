@@ -36,13 +36,13 @@ def muse_sust_requests(path: str = "muse-bench/MUSE-News") -> list[UnlearningReq
 
 def tofu_nested_requests(path: str = "locuslab/TOFU") -> list[UnlearningRequest]:
     """forget01, then forget05's other authors, then forget10's: three requests naming TOFU author keys."""
-    from orchestrator.data.tofu import QA_PER_AUTHOR, _load_rows
+    from orchestrator.data.tofu import QA_PER_AUTHOR, load_rows
 
     seen: set[str] = set()
     seen_questions: set[str] = set()
     requests = []
     for i, split in enumerate(TOFU_NESTED):
-        rows = _load_rows(path, split)
+        rows = load_rows(path, split)
         questions = {row["question"] for row in rows}
         if not seen_questions <= questions:
             raise ValueError(f"TOFU {split} from {path!r} does not contain the previous split: not nested")

@@ -15,6 +15,10 @@ sweep:
 
 A bad hyperparameter name or value is refused when the config loads (one line, naming method, key and value),
 before Ray or torch are imported. Torch-free: the CLI validates a sweep in milliseconds.
+
+This module is the bottom of the sweep package: it imports neither `orchestrator.config` (which imports it) nor
+`space.py` (which reads these models); the trial count and the budget check are `space.trial_count` and
+`space.check_budget`.
 """
 
 from __future__ import annotations
@@ -135,26 +139,6 @@ class SweepConfig(_Section):
         if self.trial_workers == "auto":
             return self.asha is None and not deepspeed
         return self.trial_workers == "resident"
-
-    def trial_count(self, train_defaults: dict[str, dict[str, Any]]) -> int:
-        """Trials the sweep runs (before early stopping), the default cells included; `train_defaults`: each
-        method's effective lr and epochs (`driver.train_defaults`), which decide whether its default cell is new."""
-        from orchestrator.sweep.space import method_cells  # pure, torch-free
-
-        if self.search == "optuna":
-            return len(self.methods) * self.num_samples * len(self.seeds)
-        repeats = self.num_samples if self.search == "grid" else 1
-        return sum(len(method_cells(self, m, train_defaults[m])) for m in self.methods) * len(self.seeds) * repeats
-
-    def check_budget(self, train_defaults: dict[str, dict[str, Any]]) -> int:
-        """The trial count; a ConfigError (one line) when it exceeds `budget`."""
-        total = self.trial_count(train_defaults)
-        if total > self.budget:
-            from orchestrator.config import ConfigError
-
-            raise ConfigError(f"sweep: {total} trials, more than sweep.budget={self.budget}; raise the budget or "
-                              "shrink the spaces")
-        return total
 
 
 def _check_dimension(method: str, fixed: dict[str, Any], param: str, dim: Dimension, search: str) -> None:

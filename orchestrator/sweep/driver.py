@@ -74,7 +74,7 @@ def check_sweep(config: ExperimentConfig) -> int:
         raise ConfigError("sweep.trial_workers=resident runs plain PyTorch engines only (DeepSpeed keeps "
                           "process-wide state between engines); use trial_workers: per_trial (or auto) with "
                           "train.deepspeed")
-    return config.sweep.check_budget({m: train_defaults(config, m) for m in config.sweep.methods})
+    return space.check_budget(config.sweep, {m: train_defaults(config, m) for m in config.sweep.methods})
 
 
 def resident_trials(config: ExperimentConfig) -> bool:

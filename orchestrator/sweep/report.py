@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from orchestrator.config import ExperimentConfig
 from orchestrator.sweep import analysis
-from orchestrator.sweep.space import _same, method_defaults
+from orchestrator.sweep.space import method_defaults, same_params
 
 SUMMARY_FILE = "sweep_summary.json"
 REPORT_FILE = "sweep_report.md"
@@ -45,7 +45,7 @@ def build_summary(config: ExperimentConfig, trials: Sequence[dict[str, Any]], de
         t["efficacy"] = t.get(primary)
         if sweep.efficacy == "forget_quality":
             t["score"] = t.get("score_forget_quality")
-        t["is_default"] = _same(t["params"], default_params[t["method"]])
+        t["is_default"] = same_params(t["params"], default_params[t["method"]])
         records.append(t)
     done = [t for t in records if t["status"] == "complete" and t.get("score") is not None]
     by_method = {m: [t for t in done if t["method"] == m] for m in sweep.methods}

@@ -3,7 +3,7 @@
 A *cell* is one point of a method's space, `{"method": "npo", "params": {"lr": 1e-4, "beta": 0.1},
 "is_default": False}`; a trial is a cell and a seed. Grid cells are enumerated here, random cells drawn here (from a
 fixed seed, so a sweep and its restart agree), and only Optuna's points come from Tune's search algorithm. Pure and
-torch-free: the budget is checked at config load time with these same functions.
+torch-free: the budget is checked at config load time with these same functions (`check_budget`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 import methods
+from orchestrator.errors import ConfigError
 from orchestrator.sweep.config import TRAIN_PARAMS, Dimension, SweepConfig
 
 RANDOM_SEED = 20190  # the random-search draws; fixed so that a restored sweep re-draws the same cells
@@ -52,12 +53,30 @@ def method_cells(sweep: SweepConfig, method: str, train_defaults: dict[str, Any]
             cells.append({"method": method, "params": {}, "is_default": True})
         else:
             default = _typed(default)
-            match = [c for c in cells if _same(c["params"], default)]
+            match = [c for c in cells if same_params(c["params"], default)]
             if match:
                 match[0]["is_default"] = True
             else:
                 cells.append({"method": method, "params": default, "is_default": True})
     return cells
+
+
+def trial_count(sweep: SweepConfig, train_defaults: dict[str, dict[str, Any]]) -> int:
+    """Trials the sweep runs (before early stopping), the default cells included; `train_defaults`: each
+    method's effective lr and epochs (`driver.train_defaults`), which decide whether its default cell is new."""
+    if sweep.search == "optuna":
+        return len(sweep.methods) * sweep.num_samples * len(sweep.seeds)
+    repeats = sweep.num_samples if sweep.search == "grid" else 1
+    return sum(len(method_cells(sweep, m, train_defaults[m])) for m in sweep.methods) * len(sweep.seeds) * repeats
+
+
+def check_budget(sweep: SweepConfig, train_defaults: dict[str, dict[str, Any]]) -> int:
+    """The trial count; a ConfigError (one line) when it exceeds `sweep.budget`."""
+    total = trial_count(sweep, train_defaults)
+    if total > sweep.budget:
+        raise ConfigError(f"sweep: {total} trials, more than sweep.budget={sweep.budget}; raise the budget or "
+                          "shrink the spaces")
+    return total
 
 
 def longest_first(sweep: SweepConfig, cells: list[dict], train_defaults: dict[str, dict[str, Any]]) -> list[dict]:
@@ -88,7 +107,9 @@ def _typed(params: dict[str, Any]) -> dict[str, Any]:
     return {k: (int(v) if k == "epochs" else v) for k, v in params.items()}
 
 
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two cells' params are the same point: the same names, numbers equal up to float round-off (relative
+    1e-9), anything else equal. How a method's default cell is recognised in its grid and among finished trials."""
     return a.keys() == b.keys() and all(
         math.isclose(a[k], b[k], rel_tol=1e-9) if isinstance(a[k], (int, float)) and isinstance(b[k], (int, float))
         else a[k] == b[k] for k in a)

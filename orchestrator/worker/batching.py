@@ -20,6 +20,12 @@ from methods.numerics import batch_counts, with_denominators
 from orchestrator.data.tokenize import EncodedRow, collate
 
 
+# Each part's rows are numbered from its own base, so that a row's `index` names one example across every part of a
+# run: the methods' reference cache is keyed by it, and ICU's refinement keeps forget rows by it.
+ROW_ID_BASE = {"forget": 0, "retain": 1_000_000, "analogous": 2_000_000, "holdout": 3_000_000,
+               "early_stop": 4_000_000}
+
+
 @dataclass
 class UnlearningRows:
     """Tokenised rows of every batch part; `alternate[i]` and `analogous[i]` belong to `forget[i]`."""

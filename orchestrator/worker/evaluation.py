@@ -58,7 +58,7 @@ def evaluate_where_trained(model: "torch.nn.Module", job: EvaluationJob, rank: i
     if rank != 0 and not partitioned:
         return None
     from orchestrator.evaluation import EvalReport, EvalSettings, evaluate_model
-    from orchestrator.run.prepare import load_tokenizer
+    from orchestrator.models.loading import load_tokenizer
     from orchestrator.observe.progress import Steps
 
     settings = EvalSettings(**{**job.settings, "synced_generation": partitioned and world_size > 1})

@@ -159,19 +159,30 @@ def _forget_rows():
     return UnlearningRows(forget=rows)
 
 
-def _fit(target: str, output: Path, workers: int, deepspeed: str | None, **train) -> dict:
-    """One unlearning run (GA) through run.py's `_fit`: returns the train summary; the model lands in output/model."""
-    from orchestrator.run.unlearning import _fit as fit
-    from orchestrator.worker.loop import TrainJob
+def _fit(target: str, output: Path, workers: int, deepspeed: str | None, kill: dict | None = None,
+         **train) -> dict:
+    """One unlearning run (GA) through run.py's `_fit`: returns the train summary (as a dict); the model lands in
+    output/model. `kill`: `tests/faults.py`'s `killing_train_loop` arguments (step, rank, marker)."""
+    from dataclasses import asdict
+
+    from orchestrator.run import state as run_state
+    from orchestrator.run import unlearning
+    from orchestrator.worker.job import TrainJob, WorkerSettings
 
     train_section = {"workers": workers, "deepspeed": deepspeed, "batch_size": GLOBAL_BATCH // workers, "lr": 3e-4,
-                     "epochs": 3, "log_every": 1, "checkpoint_every_epochs": 1, "cpus_per_worker": 1,
-                     **{k: v for k, v in train.items() if not k.startswith("_")}}
+                     "epochs": 3, "log_every": 1, "checkpoint_every_epochs": 1, "cpus_per_worker": 1, **train}
     config = parse_config({"method": {"name": "ga"}, "train": train_section})
-    job_train = {**config.resolved_train(), "threads": 1, **{k: v for k, v in train.items() if k.startswith("_")}}
-    job = TrainJob(target_dir=target, method_name="ga", method_hparams={}, train=job_train, rows=_forget_rows(),
+    job = TrainJob(target_dir=target, method_name="ga", method_hparams={},
+                   train=WorkerSettings(**{**config.resolved_train(), "threads": 1}), rows=_forget_rows(),
                    pad_token_id=0)
-    return fit(config, job, output, progress=print)
+    run_name = run_state.default_run_name(config)
+    run_state.claim(output, run_name, config)
+    with pytest.MonkeyPatch.context() as patch:
+        if kill is not None:
+            from tests.faults import killing_train_loop
+
+            patch.setattr(unlearning, "train_loop_per_worker", killing_train_loop(**kill))
+        return asdict(unlearning._fit(config, job, output, run_name))
 
 
 def _forget_nll(model_dir: Path) -> float:
@@ -279,8 +290,8 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(zero3_two_workers, tin
     plain, plain_out = zero3_two_workers
     scratch = tmp_path_factory.mktemp("kill")
     marker, output = scratch / "killed", scratch / "run"
-    killed = _fit(tiny_target, output, 2, deepspeed, max_failures=1, _kill_at_step=4, _kill_rank=kill_rank,
-                  _kill_marker=str(marker))
+    killed = _fit(tiny_target, output, 2, deepspeed, max_failures=1,
+                  kill={"step": 4, "rank": kill_rank, "marker": str(marker)})
     assert marker.read_text().startswith(f"rank {kill_rank} killed itself at step 4")
     assert killed["resumed_from_step"] == 2 and plain["resumed_from_step"] is None
     assert killed["zero_stage"] == (3 if deepspeed else None)

@@ -17,7 +17,7 @@ from orchestrator.worker.batching import UnlearningRows
 from orchestrator.data.tokenize import EncodedRow
 from orchestrator.observe.metrics import (ACTOR_NAME, METRICS, NAMESPACE, exported_name, record_evaluation, record_stream,
                                   record_sweep, record_training, safe_label, training_updates)
-from orchestrator.worker.loop import TrainJob
+from orchestrator.worker.job import TrainJob, WorkerSettings
 from orchestrator.observe.training_metrics import TrainingMetricsCallback, tokens_per_step
 
 _SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][\w:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)$")
@@ -119,7 +119,7 @@ def test_tokens_per_step_counts_the_parts_the_method_uses():
         return [EncodedRow(input_ids=list(range(length)), labels=list(range(length)), index=offset + i)
                 for i in range(n)]
 
-    job = TrainJob(target_dir="unused", method_name="ga", method_hparams={}, train={"batch_size": 4},
+    job = TrainJob(target_dir="unused", method_name="ga", method_hparams={}, train=WorkerSettings(batch_size=4),
                    rows=UnlearningRows(forget=rows(10, 12), retain=rows(10, 20, 100)), pad_token_id=0)
     assert tokens_per_step(job, workers=1) == 4 * 12  # GA: the forget batch alone
     graddiff = TrainJob(**{**job.__dict__, "method_name": "graddiff"})

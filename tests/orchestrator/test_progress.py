@@ -97,14 +97,15 @@ def test_the_unlearning_loop_prints_one_line_per_epoch_on_rank_0(capsys, tmp_pat
     from orchestrator.worker.batching import UnlearningRows
     from orchestrator.config import TrainConfig
     from orchestrator.models.loading import tiny_llama
-    from orchestrator.worker.loop import TrainJob, UnlearningWorker
+    from orchestrator.worker.job import TrainJob, WorkerSettings
+    from orchestrator.worker.loop import UnlearningWorker
 
     def loop(config):
         worker = UnlearningWorker(config["job"])
         worker.build(tiny_llama(64, seed=0, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
         worker.train()
 
-    train = {**TrainConfig().model_dump(), "lr": 1e-3, "epochs": 3, "batch_size": 2, "log_every": 1}
+    train = WorkerSettings(**{**TrainConfig().model_dump(), "lr": 1e-3, "epochs": 3, "batch_size": 2, "log_every": 1})
     for mode, expected in (("lines", 3), ("off", 0)):
         job = TrainJob(target_dir="unused", method_name="ga", method_hparams={}, train=train,
                        rows=UnlearningRows(forget=rows(6)), pad_token_id=0, progress=mode)

@@ -111,6 +111,67 @@ def test_two_runs_on_one_machine_each_use_their_own_ray(tmp_path):
         assert (tmp_path / name / "summary.json").is_file()
 
 
+# One `unlearn` process in small: its own private Ray (connect_ray), then a one-worker Ray Train run, whose
+# PlacementGroupCleaner polls the controller through Ray's state API. The two processes wait for each other after
+# starting Ray and after training, so that both private Rays are alive while either trains.
+TWO_RAYS_CHILD = """
+import sys, time
+from pathlib import Path
+
+from orchestrator.run.ray_session import connect_ray
+
+me, other, storage = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+
+
+def wait_for(path):
+    deadline = time.monotonic() + 150
+    while not path.exists():
+        if time.monotonic() > deadline:
+            sys.exit(f"the other process never wrote {path}")
+        time.sleep(0.2)
+
+
+connect_ray(None, 1)
+import ray
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+me.with_suffix(".up").touch()
+wait_for(other.with_suffix(".up"))
+TorchTrainer(lambda config: time.sleep(1), scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+             run_config=RunConfig(storage_path=storage, name=me.name)).fit()
+me.with_suffix(".fit").touch()
+wait_for(other.with_suffix(".fit"))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_ray_trains_helpers_find_their_own_private_ray(tmp_path):
+    """Two private Rays on one machine: Ray Train's PlacementGroupCleaner (an actor of each) used to auto-detect
+    "the" cluster and print `ConnectionError: Found multiple active Ray instances` in both runs' output."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    runs = {}
+    for name, other in (("first", "second"), ("second", "first")):
+        log = open(tmp_path / f"{name}.log", "w")
+        command = [sys.executable, "-c", TWO_RAYS_CHILD, str(tmp_path / name), str(tmp_path / other),
+                   str(tmp_path / "storage")]
+        runs[name] = (subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+    for name, (process, log) in runs.items():
+        try:
+            code = process.wait(timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            log.close()
+        text = (tmp_path / f"{name}.log").read_text()
+        assert code == 0, f"{name} failed:\n{text[-3000:]}"
+        assert "using a private local Ray" in text
+        assert "multiple active Ray instances" not in text, text[-3000:]
+        assert "PlacementGroupCleanerMonitor" not in text, text[-3000:]  # the thread's death notice
+
+
 def test_a_private_rays_dashboard_stays_on_this_machine_unless_asked(monkeypatch):
     from orchestrator.run.ray_session import private_dashboard_host
 

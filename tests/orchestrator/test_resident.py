@@ -15,6 +15,7 @@ import pytest
 from orchestrator.run import state as run_state
 from orchestrator.config import ConfigError, parse_config
 from orchestrator.run.resident import ResidentWorkers
+from orchestrator.worker.job import WorkerSettings
 from tests.tiny_run import tiny_run
 
 EPOCHS = 4
@@ -44,7 +45,7 @@ def test_a_run_that_does_not_fit_the_group_is_refused_before_any_work(tmp_path, 
     with pytest.raises(ValueError, match="on_report is for resident workers"):
         run.run_unlearning(_config(tmp_path), on_report=print, progress=print)
     with pytest.raises(ConfigError, match="plain PyTorch engines only"):
-        workers.check_fits({"workers": 1, "deepspeed": "cluster/deepspeed/zero3.json"})
+        workers.check_fits(WorkerSettings(workers=1, deepspeed="cluster/deepspeed/zero3.json"))
     with pytest.raises(ConfigError, match="workers=0 must be >= 1"):
         ResidentWorkers(workers=0)
     assert not workers.alive
@@ -144,15 +145,12 @@ def test_a_killed_worker_takes_the_group_down_and_the_run_made_again_resumes(tmp
     from orchestrator.run import unlearning as run
     from orchestrator.run.ray_session import connect_ray
 
-    make_job = run._make_job
+    from orchestrator.run import resident
+    from tests.faults import killing_resident_loop
+
     marker = tmp_path / "killed"
-
-    def with_fault(*args, **kwargs):  # the worker SIGKILLs itself after step 3 (the epoch-1 checkpoint is written)
-        job = make_job(*args, **kwargs)
-        job.train.update(_kill_at_step=3, _kill_rank=0, _kill_marker=str(marker))
-        return job
-
-    monkeypatch.setattr(run, "_make_job", with_fault)
+    # The worker SIGKILLs itself after step 3 (the epoch-1 checkpoint is written); the restarted group runs through.
+    monkeypatch.setattr(resident, "resident_loop_per_worker", killing_resident_loop(3, 0, str(marker)))
     connect_ray(None, 2, progress=print)
     config = _config(tmp_path / "run", **{"train.checkpoint_every_epochs": 1})
     with ResidentWorkers(workers=1) as workers:

@@ -1,0 +1,61 @@
+"""What a run refuses before it prepares or trains anything: a DeepSpeed file or method that cannot run, more
+workers than the cluster holds, a memory plan that does not fit. Each refusal is one `ConfigError` line."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import methods
+from orchestrator.config import ExperimentConfig
+from orchestrator.errors import ConfigError
+
+
+def check_deepspeed(config: ExperimentConfig) -> None:
+    """Refuse, in one line and before anything is prepared, a DeepSpeed file that cannot run (missing, malformed,
+    bad stage, an "auto" we cannot fill, an optimizer of its own) or a method that cannot run under DeepSpeed."""
+    if not config.train.deepspeed:
+        return
+    from orchestrator.worker.deepspeed_engine import load_deepspeed_json
+
+    load_deepspeed_json(config.train.deepspeed)
+    name, hparams = config.method.name, config.method.hparams
+    if not methods.profile(name, hparams).supports_deepspeed:
+        raise ConfigError(f"method {name!r} with hparams {dict(hparams)} cannot run under DeepSpeed (it reads or "
+                          "sets gradients outside the optimizer step); remove train.deepspeed")
+
+
+def check_resources(config: ExperimentConfig, cpus_per_worker: int | None = None, ray_cpus: int | None = None) -> None:
+    """Refuse, before anything is prepared or trained, more workers than the Ray cluster has CPUs (or GPUs) for.
+
+    `ray_cpus`: check against a private Ray of that many CPUs not yet started (no GPUs known then); without it,
+    against the connected cluster (nothing to check when neither is known)."""
+    cpus = cpus_per_worker or config.train.cpus_per_worker or 1
+    if ray_cpus is not None:
+        resources = {"CPU": ray_cpus}
+    else:
+        import ray
+
+        if not ray.is_initialized():
+            return
+        resources = ray.cluster_resources()
+    available = int(resources.get("CPU", 0))
+    if cpus * config.train.workers > available:
+        raise ConfigError(f"train.workers={config.train.workers} x {cpus} CPU(s) each needs "
+                          f"{cpus * config.train.workers} CPUs, but the Ray cluster has {available}")
+    gpus = int(resources.get("GPU", 0))
+    if config.train.use_gpu and config.train.workers > gpus and ray_cpus is None:
+        raise ConfigError(f"train.use_gpu with train.workers={config.train.workers} needs "
+                          f"{config.train.workers} GPUs, but the Ray cluster has {gpus}")
+
+
+def check_memory(config: ExperimentConfig, progress: Callable[[str], None] = print) -> None:
+    """Refuse a run whose per-worker memory plan (`unlearn plan`) does not fit, before anything is trained."""
+    from orchestrator.models.plan import plan_memory
+
+    try:
+        plan = plan_memory(config)
+    except ConfigError as err:  # a model whose shape cannot be known offline: the run itself will tell
+        progress(f"memory plan skipped: {err}")
+        return
+    if not plan.fits:
+        raise ConfigError(f"the run does not fit (see `unlearn plan`): {plan.reason}")
