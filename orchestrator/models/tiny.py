@@ -29,8 +29,8 @@ from orchestrator.cache import ArtifactCache, content_key
 from orchestrator.config import ExperimentConfig, PretrainConfig
 from orchestrator.data.schema import Example, UnlearningData
 from orchestrator.data.tokenize import EncodedRow, PromptTemplate, encode
+from orchestrator.observe.progress import Progress
 
-Progress = Callable[[str], None]
 PROBE_PASSAGES = 32  # passages the text stop rule checks (a deterministic subsample)
 STATE_FILE = "finetune_state.json"
 

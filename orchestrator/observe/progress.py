@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from orchestrator.observe.metrics import finite_number
 
+Progress = Callable[[str], None]  # where a driver's one-line messages go (print, a logger, a test's list)
 MODE_ENV = "RAY_UNLEARN_PROGRESS"
 MODES = ("bars", "lines", "off")
 REFRESH_PER_SECOND = 2

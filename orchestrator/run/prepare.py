@@ -10,17 +10,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+
 
 from orchestrator.cache import ArtifactCache, content_key
 from orchestrator.config import DataConfig, EvalConfig, ExperimentConfig
 from orchestrator.data.schema import UnlearningData
 from orchestrator.data.tokenize import PromptTemplate
 from orchestrator.evaluation import EvalReport, EvalSettings, evaluate_model
-from orchestrator.observe.progress import Steps
+from orchestrator.observe.progress import Progress, Steps
 from orchestrator.models.loading import load_tokenizer
 
-Progress = Callable[[str], None]
 REPORT_FILE = "report.json"
 
 

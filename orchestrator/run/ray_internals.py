@@ -18,8 +18,8 @@ def ray_address_file(temp_dir: str | None = None) -> str | None:
     it), or None when this Ray does not say.
 
     Relies on `ray._common.utils.get_ray_address_file` (older Rays: `ray._private.utils`, which still re-exports
-    it): the only API that knows the file's name and Ray's default temp dir. Without it no `ray start` cluster is known, so a run
-    starts a private Ray rather than joining one.
+    it): the only API that knows the file's name and Ray's default temp dir. Without it no `ray start` cluster is
+    known, so a run starts a private Ray rather than joining one.
     """
     try:
         from ray._common.utils import get_ray_address_file

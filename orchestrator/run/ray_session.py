@@ -27,11 +27,11 @@ are used only through `ray_internals`.
 from __future__ import annotations
 
 import os
-from typing import Callable
+
 
 from orchestrator.run.ray_internals import live_gcs_addresses, private_ray_runtime_env, ray_address_file
+from orchestrator.observe.progress import Progress
 
-Progress = Callable[[str], None]
 
 
 def started_cluster_address(temp_dir: str | None = None) -> str | None:

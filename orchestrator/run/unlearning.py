@@ -31,8 +31,8 @@ from orchestrator.models.loading import load_tokenizer
 from orchestrator.worker.entry import train_loop_per_worker
 from orchestrator.worker.evaluation import EvaluationJob
 from orchestrator.worker.job import EXPORT_DIR, TrainJob, WorkerSummary
+from orchestrator.observe.progress import Progress
 
-Progress = Callable[[str], None]
 SUMMARY_KEYS = ("forget_rouge_l", "retain_rouge_l", "forget_quality", "model_utility", "mia_auc")
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator.config import ExperimentConfig
 from orchestrator.errors import ConfigError
 from orchestrator.stream.config import StreamConfig, StreamMethod
+from orchestrator.observe.progress import Progress
 
-Progress = Callable[[str], None]
 
 
 @dataclass

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from orchestrator.config import ExperimentConfig, MethodConfig
 from orchestrator.errors import ConfigError
@@ -33,8 +33,8 @@ from orchestrator.stream.requests import (BadLine, ItemIndex, UnlearningRequest,
                                           read_lines, synthetic_requests)
 from orchestrator.stream.worker import ApplyBatch, BatchResult, ServeModel, StreamEvaluation
 from orchestrator.worker.job import TrainJob
+from orchestrator.observe.progress import Progress
 
-Progress = Callable[[str], None]
 CHECKPOINTS = "checkpoints"  # one folder per applied batch, under the method's folder
 _END = object()
 

@@ -20,14 +20,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator.config import ConfigError, ExperimentConfig, parse_config
 from orchestrator.sweep import space
 from orchestrator.sweep.config import SweepConfig
 from orchestrator.sweep.trainable import RESIDENT_DIR, TIMING_PREFIX, run_trial
+from orchestrator.observe.progress import Progress
 
-Progress = Callable[[str], None]
 CONFIG_FILE = "sweep_config.json"
 SESSIONS_FILE = "sweep_sessions.json"
 TUNE_DIR = "tune"
