@@ -176,7 +176,6 @@ def _fit(target: str, output: Path, workers: int, deepspeed: str | None, kill: d
                    train=WorkerSettings(**{**config.resolved_train(), "threads": 1}), rows=_forget_rows(),
                    pad_token_id=0)
     run_name = run_state.default_run_name(config)
-    run_state.claim(output, run_name, config)
     with pytest.MonkeyPatch.context() as patch:
         if kill is not None:
             from tests.faults import killing_train_loop

@@ -67,9 +67,9 @@ def test_an_address_file_of_a_live_cluster_is_joined(tmp_path, private_ray):
 def test_workers_default_to_the_cpus_ray_has_free(private_ray):
     """Inside a Tune trial the trial holds a CPU itself: workers asking for the cluster's total would never start."""
     from orchestrator.config import parse_config
-    from orchestrator.run.unlearning import _default_cpus_per_worker
+    from orchestrator.run.job import default_cpus_per_worker
 
-    assert _default_cpus_per_worker(parse_config({})) == 2
+    assert default_cpus_per_worker(parse_config({})) == 2
 
     @private_ray.remote(num_cpus=1)
     class Trial:
@@ -82,8 +82,8 @@ def test_workers_default_to_the_cpus_ray_has_free(private_ray):
     while private_ray.available_resources().get("CPU", 0) != 1:  # Ray's resource view catches up asynchronously
         assert time.monotonic() < deadline, private_ray.available_resources()
         time.sleep(0.1)
-    assert _default_cpus_per_worker(parse_config({})) == 1
-    assert _default_cpus_per_worker(parse_config({"train": {"workers": 2}})) == 1  # at least one each
+    assert default_cpus_per_worker(parse_config({})) == 1
+    assert default_cpus_per_worker(parse_config({"train": {"workers": 2}})) == 1  # at least one each
 
 
 SMALL = tiny_run()
@@ -124,7 +124,7 @@ me, other, storage = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 
 
 def wait_for(path):
-    deadline = time.monotonic() + 150
+    deadline = time.monotonic() + 300
     while not path.exists():
         if time.monotonic() > deadline:
             sys.exit(f"the other process never wrote {path}")
@@ -152,6 +152,8 @@ def test_ray_trains_helpers_find_their_own_private_ray(tmp_path):
     "the" cluster and print `ConnectionError: Found multiple active Ray instances` in both runs' output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
+    # Two Ray starts at once on a busy machine: Ray's 60 s for its dashboard to come up is not always enough.
+    env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "180")
     runs = {}
     for name, other in (("first", "second"), ("second", "first")):
         log = open(tmp_path / f"{name}.log", "w")
@@ -160,7 +162,7 @@ def test_ray_trains_helpers_find_their_own_private_ray(tmp_path):
         runs[name] = (subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
     for name, (process, log) in runs.items():
         try:
-            code = process.wait(timeout=300)
+            code = process.wait(timeout=600)
         finally:
             if process.poll() is None:
                 process.kill()
