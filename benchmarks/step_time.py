@@ -34,7 +34,7 @@ import torch
 import methods
 from methods import Batch
 from methods.numerics import forward_logits, token_mean_nll
-from orchestrator.worker.batching import UnlearningBatches, UnlearningRows
+from orchestrator.worker.batching import ROW_ID_BASE, UnlearningBatches, UnlearningRows
 from orchestrator.config import parse_config
 from orchestrator.worker.engine import TorchStepEngine
 from orchestrator.models.loading import load_causal_lm
@@ -65,7 +65,7 @@ class Timing:
 
 
 def build_rows(prepared: Prepared, tokenizer, max_length: int) -> UnlearningRows:
-    """Every batch part the methods use, tokenised as `orchestrator.run.unlearning` does."""
+    """Every batch part the methods use, tokenised as `orchestrator.run.job` numbers them."""
     from orchestrator.data.analogous import nearest_retained
     from orchestrator.data.tokenize import encode
 
@@ -75,7 +75,8 @@ def build_rows(prepared: Prepared, tokenizer, max_length: int) -> UnlearningRows
     rows.alternate = [encode(tokenizer, e, i, template, max_length, answer=e.idk_answer)
                       for i, e in enumerate(data.forget)]
     neighbours = nearest_retained(data.forget, data.retain)
-    rows.analogous = [encode(tokenizer, data.retain[j], 2_000_000 + j, template, max_length) for j in neighbours]
+    rows.analogous = [encode(tokenizer, data.retain[j], ROW_ID_BASE["analogous"] + j, template, max_length)
+                     for j in neighbours]
     return rows
 
 
