@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import threading
 import time
@@ -30,6 +31,8 @@ from orchestrator.data.schema import Example, UnlearningData
 from orchestrator.stream.config import StreamMethod, SyntheticRequests
 
 KEYS = {"id", "arrival", "items", "method"}
+MAX_ARRIVAL_S = 30 * 24 * 3600.0  # a request due more than 30 days after the stream's start would block it for ever
+MAX_LINE_CHARS = 1_000_000  # a request line longer than this is not read as JSON at all
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class BadLine:
 
 
 def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def example_hash(example: Example) -> str:
@@ -80,9 +83,19 @@ def parse_line(text: str, line: int) -> UnlearningRequest | BadLine | None:
         return BadLine(line, f"line {line}: {reason}", digest, request_id)
 
     try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # `read_lines` keeps undecodable bytes as surrogates
+        return bad(f"not UTF-8 text (an undecodable byte at column {err.start + 1})")
+    if len(text) > MAX_LINE_CHARS:
+        return bad(f"longer than {MAX_LINE_CHARS} characters")
+    try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
         return bad(f"not valid JSON ({err.msg} at column {err.colno})")
+    except RecursionError:
+        return bad("not valid JSON (nested too deeply)")
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        return bad("not valid JSON (a number too long to read)")
     if not isinstance(record, dict):
         return bad(f"expected a JSON object, got {type(record).__name__}")
     request_id = record.get("id")
@@ -92,8 +105,9 @@ def parse_line(text: str, line: int) -> UnlearningRequest | BadLine | None:
     if unknown:
         return bad(f"unknown key(s) {unknown} (allowed: {sorted(KEYS)})", request_id)
     arrival = record.get("arrival", 0.0)
-    if isinstance(arrival, bool) or not isinstance(arrival, (int, float)) or arrival < 0 or arrival != arrival:
-        return bad("'arrival' must be a number of seconds >= 0", request_id)
+    if isinstance(arrival, bool) or not isinstance(arrival, (int, float)) or not 0 <= arrival <= MAX_ARRIVAL_S \
+            or not math.isfinite(arrival):
+        return bad(f"'arrival' must be a number of seconds from 0 to {MAX_ARRIVAL_S:g}", request_id)
     raw_items = record.get("items")
     if not isinstance(raw_items, list) or not raw_items:
         return bad("'items' must be a non-empty list", request_id)
@@ -131,27 +145,32 @@ def read_lines(path: str | Path, follow: bool = False, idle_exit_s: float | None
     as it is at the end otherwise. Following stops when `stop` is set or after `idle_exit_s` without a new line.
     """
     number = 0
-    pending = ""
+    pending = b""
     idle_since = time.monotonic()
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:  # decoded a line at a time: a bad byte spoils its own line, not the file
         while True:
             chunk = handle.readline()
             if chunk:
                 pending += chunk
-                if pending.endswith("\n"):
+                if pending.endswith(b"\n"):
                     number += 1
-                    yield number, pending.rstrip("\n")
-                    pending = ""
+                    yield number, _decoded(pending.rstrip(b"\n"))
+                    pending = b""
                     idle_since = time.monotonic()
                 continue
             if not follow:
                 if pending:
-                    yield number + 1, pending
+                    yield number + 1, _decoded(pending)
                 return
             if (stop is not None and stop.is_set()) or (
                     idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s):
                 return
             time.sleep(poll_s)
+
+
+def _decoded(line: bytes) -> str:
+    """A line's text; bytes that are not UTF-8 stay as surrogates, for `parse_line` to quarantine the line."""
+    return line.decode("utf-8", "surrogateescape").rstrip("\r")
 
 
 def subject_key(example: Example) -> str:

@@ -157,3 +157,26 @@ def test_a_yaml_with_source_file_may_leave_the_requests_file_to_the_command_line
     assert stream_config(config, requests="requests.jsonl").requests == "requests.jsonl"
     with pytest.raises(ConfigError, match="needs stream.requests .* or --requests"):
         stream_config(config)
+
+
+# --- lines that once killed the whole stream (and killed it again on every restart) are quarantined ---------------
+@pytest.mark.parametrize("line, reason", [
+    ('{"id": "r1", "items": ["person-001"], "arrival": 1' + "0" * 400 + "}", "'arrival' must be a number"),
+    ('{"id": "r1", "items": ["person-001"], "arrival": 1e400}', "'arrival' must be a number"),
+    ('{"id": "r1", "items": ["person-001"], "arrival": 9e9}', "'arrival' must be a number"),
+    ('{"id": "r1", "items": ["person-001"], "n": ' + "7" * 5000 + "}", "a number too long to read"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_a_hostile_line_is_quarantined_not_fatal(line, reason):
+    bad = parse_line(line, 5)
+    assert isinstance(bad, BadLine) and reason in bad.reason
+
+
+def test_a_line_with_a_byte_that_is_not_utf8_is_quarantined_and_the_next_line_is_read(tmp_path):
+    good = json.dumps({"id": "r2", "items": ["person-001"]})
+    path = tmp_path / "requests.jsonl"
+    # The bad byte sits past the first 8 KB, where a chunked decoder of the whole file once failed.
+    path.write_bytes(b'{"id": "r1", "items": ["' + b"x" * 9000 + b'\xe9"]}\n' + good.encode() + b"\n")
+    parsed = [parse_line(text, number) for number, text in read_lines(path)]
+    assert isinstance(parsed[0], BadLine) and "not UTF-8" in parsed[0].reason and len(parsed[0].content_hash) == 64
+    assert isinstance(parsed[1], UnlearningRequest) and parsed[1].id == "r2"
