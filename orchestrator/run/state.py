@@ -63,7 +63,7 @@ def claim(output: Path, run_name: str, config: ExperimentConfig, target: str | N
         recorded = json.loads(recorded_path.read_text())
         if recorded != identity:
             raise ConfigError(f"run_name={run_name!r} in {output} holds another run (differing: "
-                              f"{', '.join(_differences(recorded, identity))}); use another run_name or remove "
+                              f"{', '.join(differences(recorded, identity))}); use another run_name or remove "
                               f"{folder}")
     folder.mkdir(parents=True, exist_ok=True)
     recorded_path.write_text(json.dumps(identity, indent=2, sort_keys=True))
@@ -91,8 +91,9 @@ def release(output: Path, run_name: str) -> None:
     shutil.rmtree(run_folder(output, run_name), ignore_errors=True)
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The dotted keys where two nested dicts differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for key in sorted(set(a) | set(b))
-                for d in _differences(a.get(key), b.get(key), f"{prefix}{key}.")]
+                for d in differences(a.get(key), b.get(key), f"{prefix}{key}.")]
     return [] if a == b else [prefix.rstrip(".")]

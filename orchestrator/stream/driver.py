@@ -9,16 +9,20 @@ that serves `unlearn run` and sweep slots): each loads its latest model there an
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from orchestrator.config import ExperimentConfig
 from orchestrator.errors import ConfigError
 from orchestrator.stream.config import StreamConfig, StreamMethod
 from orchestrator.observe.progress import Progress
 
+LOCK_FILE = "stream.lock"  # held by the process writing to the stream's folder (`single_writer`)
 
 
 @dataclass
@@ -67,7 +71,35 @@ def run_stream(config: ExperimentConfig, *, requests: str | None = None, follow:
     stream_methods = cfg.methods or [StreamMethod(name=config.method.name, hparams=dict(config.method.hparams))]
     output = stream_output_dir(config).resolve()
     output.mkdir(parents=True, exist_ok=True)
+    with single_writer(output):
+        return _run_locked(config, cfg, stream_methods, output, started, progress)
 
+
+@contextlib.contextmanager
+def single_writer(output: Path) -> Iterator[None]:
+    """Hold the stream folder's lock while the stream runs: a second `unlearn stream` on the same folder is refused
+    in one line (two writers would requeue and apply each other's requests twice). The lock is the kernel's (an
+    `flock` on `stream.lock`), so it goes with its process, however that process ends."""
+    handle = open(output / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"another `unlearn stream` is writing to {output} ({holder}); one writer at a time: "
+                              "wait for it, or use another --output") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _run_locked(config: ExperimentConfig, cfg: StreamConfig, stream_methods: list[StreamMethod], output: Path,
+                started: float, progress: Progress) -> StreamResult:
     from orchestrator.models.loading import load_tokenizer
     from orchestrator.run.checks import check_resources
     from orchestrator.run.job import worker_settings

@@ -72,7 +72,13 @@ class Ledger:
         return None if row is None else json.loads(row[0])
 
     def set_meta(self, key: str, value: Any) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        self.set_metas({key: value})
+
+    def set_metas(self, values: dict[str, Any]) -> None:
+        """Several meta keys in one transaction: a kill leaves all of them or none."""
+        with self._transaction():
+            for key, value in values.items():
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     # --- receipt ----------------------------------------------------------------------------------------------
     def last_seq(self) -> int:

@@ -25,6 +25,7 @@ from orchestrator.observe.progress import LiveTable, progress_mode
 from orchestrator.run.job import method_rows, worker_settings
 from orchestrator.run.prepare import Prepared, eval_settings
 from orchestrator.run.resident import ResidentWorkers
+from orchestrator.run.state import differences, training_identity
 from orchestrator.stream.board import StreamBoard
 from orchestrator.stream.config import StreamConfig, StreamMethod
 from orchestrator.stream.ledger import LEDGER_FILE, Ledger
@@ -50,6 +51,16 @@ def resolved_method(method: StreamMethod, config: ExperimentConfig) -> dict[str,
     train = method_config(config, method.name, method.hparams).resolved_train()
     return {"name": method.name, "hparams": dict(method.hparams), "lr": method.lr or train["lr"],
             "epochs": int(method.epochs or train["epochs"])}
+
+
+def stream_identity(config: ExperimentConfig, cfg: StreamConfig, method: dict[str, Any]) -> dict[str, Any]:
+    """What a method's stream applies: its training identity (as `unlearn run` checks it, `run/state.py`), its
+    resolved method, where its requests come from, how they are batched and what the guard keeps. A stream resumed
+    under another identity is refused."""
+    identity = training_identity(method_config(config, method["name"], method["hparams"]))
+    stream = cfg.model_dump(include={"source", "requests", "synthetic", "muse_path", "policy", "utility_floor",
+                                     "eval_max_per_split"})
+    return json.loads(json.dumps({**identity, "resolved_method": method, "stream": stream}, default=str))
 
 
 class MethodStream:
@@ -132,6 +143,12 @@ class MethodStream:
     def run(self) -> None:
         ledger = Ledger(self.folder / LEDGER_FILE)
         try:
+            identity = stream_identity(self.config, self.cfg, self.method)
+            recorded = ledger.get_meta("identity")
+            if recorded is not None and recorded != identity:
+                raise ConfigError(f"{self.folder} holds a stream of another config (differing: "
+                                  f"{', '.join(differences(recorded, identity))}); use another --output or remove "
+                                  "the folder")
             abandoned = ledger.recover()
             if abandoned:
                 self.progress(f"resuming: batch(es) {abandoned} were running when the stream stopped; their "
@@ -139,8 +156,7 @@ class MethodStream:
             self.last_seq_at_start = ledger.last_seq()
             self.board.count_from(ledger)
             if ledger.get_meta("started_at") is None:
-                ledger.set_meta("started_at", time.time())
-                ledger.set_meta("method", self.method)
+                ledger.set_metas({"started_at": time.time(), "method": self.method, "identity": identity})
             if not self.cfg.follow and self._complete(ledger):
                 self.progress("every request of the source is already in the ledger: nothing to do")
                 return
@@ -169,12 +185,11 @@ class MethodStream:
             threads=settings.threads, evaluation=self.evaluation,
             measure_baseline=ledger.get_meta("baseline") is None))
         if baseline is not None:
-            ledger.set_meta("baseline", baseline)
-            self.progress(f"original model: utility {baseline['model_utility']:.4f}")
-        if ledger.get_meta("serving_since") is None:
             # Realtime arrivals count from the moment the model is first served (the original model evaluated), not
             # from the process start: a replayed stream asks how the service keeps up, not how long it took to boot.
-            ledger.set_meta("serving_since", time.time())
+            # One commit: a kill between the two would leave every request's due time infinite.
+            ledger.set_metas({"baseline": baseline, "serving_since": time.time()})
+            self.progress(f"original model: utility {baseline['model_utility']:.4f}")
 
     def _loop(self, ledger: Ledger) -> None:
         stop = threading.Event()

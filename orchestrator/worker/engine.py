@@ -80,7 +80,7 @@ class TorchStepEngine:
         return True
 
     def load(self, folder: str | Path) -> None:
-        state = torch.load(Path(folder) / ENGINE_STATE, map_location="cpu", weights_only=False)
+        state = torch.load(Path(folder) / ENGINE_STATE, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.load_state_dict(state)
 

@@ -1,0 +1,96 @@
+"""What a stream refuses before it writes anything (issue 26's faults 4, 5 and 10, reproduced without Ray):
+a second writer on the same folder, a resume under another config, and a start recorded in two commits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from orchestrator.config import ConfigError, parse_config
+from orchestrator.stream.config import StreamMethod
+from orchestrator.stream.ledger import LEDGER_FILE, Ledger
+
+HOLD_LOCK = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "a+")
+fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+handle.write("pid 4242\\n"); handle.flush()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def _no_ray(*args, **kwargs):
+    raise AssertionError("the stream went on to start Ray")
+
+
+def test_a_second_stream_on_the_same_folder_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Reproduced on the code before the lock: a second `unlearn stream` on the same folder requeued the first one's
+    running batch and applied its request again. Now the second process is refused before it starts Ray."""
+    from orchestrator.run import ray_session
+    from orchestrator.stream import driver
+
+    monkeypatch.setattr(ray_session, "connect_ray", _no_ray)
+    output = tmp_path / "stream"
+    output.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(output / driver.LOCK_FILE)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        config = parse_config({"output_dir": str(output), "stream": {"methods": [{"name": "ga"}]}})
+        with pytest.raises(ConfigError, match=r"another `unlearn stream` is writing to .*stream \(pid 4242\)"):
+            driver.run_stream(config, progress=lambda m: None)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_lock_goes_with_its_holder(tmp_path):
+    from orchestrator.stream.driver import single_writer
+
+    with single_writer(tmp_path):
+        with pytest.raises(ConfigError, match="one writer at a time"):
+            with single_writer(tmp_path):
+                pass
+    with single_writer(tmp_path):  # released: the next writer gets it
+        assert (tmp_path / "stream.lock").read_text().startswith("pid ")
+
+
+def _method_stream(config, folder: Path):
+    from orchestrator.data.synthetic import make_synthetic_data
+    from orchestrator.stream.driver import stream_config
+    from orchestrator.stream.method_stream import MethodStream
+
+    prepared = SimpleNamespace(data=make_synthetic_data(n_people=4, questions_per_person=2, seed=0),
+                               target_dir=str(folder / "target"), tokenizer_dir="unused", template=None)
+    return MethodStream(config, stream_config(config), StreamMethod(name="ga"), prepared, None, folder,
+                        workers=None, progress=lambda m: None)
+
+
+def test_a_stream_resumed_under_another_config_is_refused(tmp_path):
+    first = parse_config({"stream": {"methods": [{"name": "ga"}]}, "train": {"lr": 1e-4}})
+    folder = tmp_path / "ga"
+    ledger = Ledger(folder / LEDGER_FILE)
+    from orchestrator.stream.method_stream import resolved_method, stream_identity
+
+    method = resolved_method(StreamMethod(name="ga"), first)
+    ledger.set_metas({"started_at": 1.0, "method": method, "identity": stream_identity(first, _method_stream(
+        first, folder).cfg, method)})
+    ledger.close()
+    changed = parse_config({"stream": {"methods": [{"name": "ga"}], "utility_floor": 0.9}, "train": {"lr": 3e-4}})
+    with pytest.raises(ConfigError, match=r"holds a stream of another config \(differing: .*lr.*utility_floor"):
+        _method_stream(changed, folder).run()
+
+
+def test_the_stream_start_is_one_commit(tmp_path):
+    """`baseline` and `serving_since` are written together: a kill between two commits once left every due time
+    infinite."""
+    ledger = Ledger(tmp_path / LEDGER_FILE)
+    with pytest.raises(TypeError):
+        ledger.set_metas({"baseline": {"model_utility": 0.5}, "serving_since": object()})  # not JSON: fails midway
+    assert ledger.get_meta("baseline") is None and ledger.get_meta("serving_since") is None
+    ledger.close()
