@@ -30,7 +30,7 @@ from orchestrator.stream.board import StreamBoard
 from orchestrator.stream.config import StreamConfig, StreamMethod
 from orchestrator.stream.ledger import LEDGER_FILE, Ledger
 from orchestrator.stream.policy import Waiting, next_batch
-from orchestrator.stream.requests import (BadLine, ItemIndex, UnlearningRequest, example_hash, parse_line,
+from orchestrator.stream.requests import (BadLine, ContentHasher, ItemIndex, UnlearningRequest, parse_line,
                                           read_lines, synthetic_requests)
 from orchestrator.stream.worker import ApplyBatch, BatchResult, ServeModel, StreamEvaluation
 from orchestrator.worker.job import TrainJob
@@ -73,7 +73,8 @@ class MethodStream:
         self.workers = workers
         self.method = resolved_method(method, config)
         self.progress = lambda m: progress(f"[stream {method.name}] {m}")
-        self.index = ItemIndex(prepared.data)
+        self.hasher = ContentHasher.of_folder(folder.parent)  # one key per stream folder, shared by its methods
+        self.index = ItemIndex(prepared.data, self.hasher)
         self.examples: dict[int, list] = {}  # seq -> the request's examples (forget texts stay in memory only)
         self.board = StreamBoard(config.name, method.name)  # the live table, at a terminal
         self.mode = progress_mode()
@@ -83,7 +84,7 @@ class MethodStream:
         cfg = self.cfg
         if cfg.source == "file":
             for number, text in read_lines(cfg.requests, cfg.follow, cfg.idle_exit_s, stop):
-                parsed = parse_line(text, number)
+                parsed = parse_line(text, number, self.hasher)
                 if parsed is not None:
                     yield number, parsed
             return
@@ -121,13 +122,16 @@ class MethodStream:
             self.board.record("quarantined")
             self.progress(f"line {seq} quarantined: {parsed.reason}")
             return
-        hashes = {e.id: example_hash(e) for e in examples}
+        hashes = {e.id: self.hasher.example(e) for e in examples}
         first = ledger.first_seq_of(parsed.id)
         if first is not None:
             reason = f"duplicate id {parsed.id!r} (first received at line {first})"
         elif unknown:
-            shown = ", ".join(repr(u[:64]) for u in unknown[:5])
-            reason = f"{len(unknown)} unknown item id(s): {shown}{' ...' if len(unknown) > 5 else ''}"
+            # An unknown item may be a text pasted where an id belongs: it is named by its keyed hash, never echoed.
+            keyed = [self.hasher(u) for u in unknown]
+            hashes.update({f"unknown:{i}": h for i, h in enumerate(keyed)})
+            shown = ", ".join(h[:12] for h in keyed[:5])
+            reason = f"{len(unknown)} unknown item(s), keyed hashes {shown}{' ...' if len(unknown) > 5 else ''}"
         else:
             reason = None
         if reason is not None:

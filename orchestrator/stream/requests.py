@@ -16,7 +16,10 @@ a reason), and the stream goes on. Reasons name keys, positions and ids, never a
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
+import secrets
 import math
 import random
 import threading
@@ -64,20 +67,47 @@ class BadLine:
     id: str | None = None
 
 
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+CONTENT_KEY_FILE = "content.key"  # the stream folder's secret, keying every content hash it writes
 
 
-def example_hash(example: Example) -> str:
-    """The content hash the ledger keeps for a forgotten example (question and answer)."""
-    return text_hash(f"{example.question}\n{example.answer}")
+class ContentHasher:
+    """Content hashes keyed by a secret (HMAC-SHA256): the ledger can tell the same text again, and nobody without
+    the key can confirm a guess (a name or a phone number is short enough to guess, and a plain SHA-256 of it says
+    yes or no). The key lives in the stream's folder, readable by its owner only."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("a content key needs at least 16 bytes")
+        self.key = key
+
+    @classmethod
+    def of_folder(cls, folder: str | Path) -> "ContentHasher":
+        """The folder's key, made (32 random bytes, mode 0600) the first time."""
+        path = Path(folder) / CONTENT_KEY_FILE
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # made by another process meanwhile
+                pass
+            else:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(secrets.token_bytes(32))
+        return cls(path.read_bytes())
+
+    def __call__(self, text: str) -> str:
+        return hmac.new(self.key, text.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+
+    def example(self, example: Example) -> str:
+        """The hash the ledger keeps for a forgotten example (question and answer)."""
+        return self(f"{example.question}\n{example.answer}")
 
 
-def parse_line(text: str, line: int) -> UnlearningRequest | BadLine | None:
-    """The request on one line (None for a blank line)."""
+def parse_line(text: str, line: int, hasher: ContentHasher) -> UnlearningRequest | BadLine | None:
+    """The request on one line (None for a blank line); a bad line is known by its keyed hash."""
     if not text.strip():
         return None
-    digest = text_hash(text.strip())
+    digest = hasher(text.strip())
 
     def bad(reason: str, request_id: str | None = None) -> BadLine:
         return BadLine(line, f"line {line}: {reason}", digest, request_id)
@@ -181,7 +211,8 @@ def subject_key(example: Example) -> str:
 class ItemIndex:
     """What a request may name: the trained-on examples (forget and retain splits), by id and by subject key."""
 
-    def __init__(self, data: UnlearningData) -> None:
+    def __init__(self, data: UnlearningData, hasher: ContentHasher) -> None:
+        self.hasher = hasher
         self.examples: dict[str, Example] = {}
         self.subjects: dict[str, list[Example]] = {}
         for example in data.forget + data.retain:
@@ -189,7 +220,7 @@ class ItemIndex:
             self.subjects.setdefault(subject_key(example), []).append(example)
 
     def resolve(self, request: UnlearningRequest) -> tuple[list[Example], list[str]]:
-        """The request's examples (named ones, then inline texts) and the ids it names that the data lacks."""
+        """The request's examples (named ones, then inline texts) and the items it names that the data lacks."""
         found: dict[str, Example] = {}
         unknown: list[str] = []
         for item in request.items:
@@ -201,14 +232,14 @@ class ItemIndex:
             else:
                 unknown.append(item)
         for text in request.texts:
-            example = inline_example(text)
+            example = inline_example(text, self.hasher)
             found.setdefault(example.id, example)
         return list(found.values()), unknown
 
 
-def inline_example(text: str) -> Example:
-    """An inline text as a passage to forget; its id is its hash."""
-    return Example(id=f"text:{text_hash(text)[:16]}", question="", answer=text, subject="inline", kind="text")
+def inline_example(text: str, hasher: ContentHasher) -> Example:
+    """An inline text as a passage to forget; its id is its keyed hash."""
+    return Example(id=f"text:{hasher(text)[:16]}", question="", answer=text, subject="inline", kind="text")
 
 
 def synthetic_requests(data: UnlearningData, cfg: SyntheticRequests) -> list[UnlearningRequest]:

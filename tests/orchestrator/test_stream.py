@@ -79,12 +79,13 @@ def test_guard_rolls_back_a_destructive_request_bad_input_is_quarantined_and_no_
     data = make_synthetic_data(seed=0, n_people=20, questions_per_person=4)
     people = list(dict.fromkeys(e.id.split("/")[0] for e in data.forget + data.retain))
     inline = "Marguerite Olvani keeps her diaries in a locked blue tin under the stairs."
+    unknown = "Jane Quarrington lives at 12 Elm Street"  # names no example: never echoed, though quarantined
     lines = [
         json.dumps({"id": "r1", "items": [people[0]]}),
         '{"id": "broken", "items": ["' + data.forget[1].answer,  # malformed, and carrying a forget text
         json.dumps({"id": "r2", "items": [people[1], {"text": inline}]}),
         json.dumps({"id": "r1", "items": [people[2]]}),  # duplicate id
-        json.dumps({"id": "r3", "items": ["person-999"]}),  # unknown item
+        json.dumps({"id": "r3", "items": ["person-999", unknown]}),  # unknown items: an id, a text pasted as one
         json.dumps({"id": "boom", "items": [people[2]], "method": {"name": "ga", "lr": 50.0, "epochs": 3}}),
         json.dumps({"id": "r4", "items": [people[3]]}),
     ]
@@ -101,7 +102,7 @@ def test_guard_rolls_back_a_destructive_request_bad_input_is_quarantined_and_no_
     # A line that is not JSON has no id to record: it is known by its line and its hash.
     assert states[(None, 2)][0] == "quarantined" and "not valid JSON" in states[(None, 2)][1]
     assert states[("r1", 4)] == ("quarantined", "duplicate id 'r1' (first received at line 1)")
-    assert states[("r3", 5)][0] == "quarantined" and "person-999" in states[("r3", 5)][1]
+    assert states[("r3", 5)][0] == "quarantined" and "2 unknown item(s), keyed hashes" in states[("r3", 5)][1]
     assert states[("boom", 6)][0] == "rolled_back"
     assert states[("r4", 7)][0] == "applied"  # the stream went on, from the checkpoint before the rollback
     batches = {b["batch"]: b for b in summary["methods"]["ga"]["batches"]}
@@ -115,8 +116,8 @@ def test_guard_rolls_back_a_destructive_request_bad_input_is_quarantined_and_no_
     assert summary["methods"]["ga"]["drift"][-1] > -0.5 * summary["methods"]["ga"]["baseline"]["model_utility"]
     assert (out / "drift.png").exists() and (out / "resurgence_ga.png").exists()
 
-    # No forget text anywhere: ledger (with its WAL), Ray Train's metrics and snapshot, reports, logs.
-    secrets = [inline] + [e.question for e in data.forget + data.retain if e.id.split("/")[0] in people[:4]] + [
+    # No forget text and no unknown item anywhere: ledger (with its WAL), reports, logs.
+    secrets = [inline, unknown, "person-999"] + [e.question for e in data.forget + data.retain if e.id.split("/")[0] in people[:4]] + [
         e.answer for e in data.forget + data.retain if e.id.split("/")[0] in people[:4]]
     texts = {"stdout": done.stdout, "stderr": done.stderr}
     for path in out.rglob("*"):

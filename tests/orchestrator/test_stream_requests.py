@@ -9,23 +9,24 @@ import time
 import pytest
 
 from orchestrator.data.synthetic import make_synthetic_data
-from orchestrator.stream.requests import (BadLine, ItemIndex, UnlearningRequest, parse_line, read_lines,
-                                          synthetic_requests)
+from orchestrator.stream.requests import (BadLine, ContentHasher, ItemIndex, UnlearningRequest, parse_line,
+                                          read_lines, synthetic_requests)
 from orchestrator.stream.config import StreamConfig, SyntheticRequests
 
 SECRET = "The secret answer nobody may read"
+HASHER = ContentHasher(b"k" * 32)
 
 
 def test_a_good_line_becomes_a_request_with_ids_texts_and_override():
     line = json.dumps({"id": "r1", "arrival": 2.5, "items": ["person-019", {"text": SECRET}],
                        "method": {"name": "ga", "lr": 0.5, "epochs": 2}})
-    request = parse_line(line, 7)
+    request = parse_line(line, 7, HASHER)
     assert isinstance(request, UnlearningRequest)
     assert (request.id, request.line, request.arrival, request.items, request.texts) == (
         "r1", 7, 2.5, ("person-019",), (SECRET,))
     assert request.method.name == "ga" and request.method.lr == 0.5 and request.method.epochs == 2
-    assert parse_line(json.dumps({"id": "r2", "items": ["x"], "method": "npo"}), 1).method.name == "npo"
-    assert parse_line("   ", 3) is None
+    assert parse_line(json.dumps({"id": "r2", "items": ["x"], "method": "npo"}), 1, HASHER).method.name == "npo"
+    assert parse_line("   ", 3, HASHER) is None
 
 
 @pytest.mark.parametrize("line, reason", [
@@ -40,7 +41,7 @@ def test_a_good_line_becomes_a_request_with_ids_texts_and_override():
      "'method'"),
 ])
 def test_a_bad_line_is_a_bad_line_whose_reason_holds_no_text(line, reason):
-    bad = parse_line(line, 4)
+    bad = parse_line(line, 4, HASHER)
     assert isinstance(bad, BadLine)
     assert reason in bad.reason and bad.reason.startswith("line 4:")
     assert SECRET not in bad.reason and len(bad.content_hash) == 64
@@ -48,7 +49,7 @@ def test_a_bad_line_is_a_bad_line_whose_reason_holds_no_text(line, reason):
 
 def test_items_resolve_by_example_id_subject_key_or_inline_text():
     data = make_synthetic_data(seed=0, n_people=20, questions_per_person=4)
-    index = ItemIndex(data)
+    index = ItemIndex(data, HASHER)
     person = data.forget[0].id.split("/")[0]
     request = UnlearningRequest("r", 1, items=(person, data.retain[0].id, "person-999"), texts=(SECRET,))
     examples, unknown = index.resolve(request)
@@ -168,7 +169,7 @@ def test_a_yaml_with_source_file_may_leave_the_requests_file_to_the_command_line
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
 ])
 def test_a_hostile_line_is_quarantined_not_fatal(line, reason):
-    bad = parse_line(line, 5)
+    bad = parse_line(line, 5, HASHER)
     assert isinstance(bad, BadLine) and reason in bad.reason
 
 
@@ -177,6 +178,22 @@ def test_a_line_with_a_byte_that_is_not_utf8_is_quarantined_and_the_next_line_is
     path = tmp_path / "requests.jsonl"
     # The bad byte sits past the first 8 KB, where a chunked decoder of the whole file once failed.
     path.write_bytes(b'{"id": "r1", "items": ["' + b"x" * 9000 + b'\xe9"]}\n' + good.encode() + b"\n")
-    parsed = [parse_line(text, number) for number, text in read_lines(path)]
+    parsed = [parse_line(text, number, HASHER) for number, text in read_lines(path)]
     assert isinstance(parsed[0], BadLine) and "not UTF-8" in parsed[0].reason and len(parsed[0].content_hash) == 64
     assert isinstance(parsed[1], UnlearningRequest) and parsed[1].id == "r2"
+
+
+def test_content_hashes_are_keyed_by_the_stream_folders_secret(tmp_path):
+    """A short text (a name, a phone number) cannot be confirmed by hashing a guess: without the folder's key the
+    hashes the ledger keeps say nothing."""
+    import hashlib
+
+    hasher = ContentHasher.of_folder(tmp_path)
+    key = tmp_path / "content.key"
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+    assert ContentHasher.of_folder(tmp_path)("Jane") == hasher("Jane")  # the same key on a restart
+    assert hasher("Jane") != hashlib.sha256(b"Jane").hexdigest()
+    assert ContentHasher.of_folder(tmp_path / "other")("Jane") != hasher("Jane")
+    example = ItemIndex(make_synthetic_data(seed=0, n_people=2, questions_per_person=1), hasher).resolve(
+        UnlearningRequest("r", 1, texts=("Jane",)))[0][0]
+    assert example.id == f"text:{hasher('Jane')[:16]}"
