@@ -35,6 +35,11 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS audit (
     event_id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, seq INTEGER, request_id TEXT, event TEXT NOT NULL,
     record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS source_lines (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS requests_by_state ON requests (state, seq);
+CREATE INDEX IF NOT EXISTS requests_by_id ON requests (request_id);
+CREATE INDEX IF NOT EXISTS batches_by_state ON batches (state, batch);
+CREATE INDEX IF NOT EXISTS audit_by_request ON audit (request_id, event);
 """
 
 
@@ -91,9 +96,11 @@ class Ledger:
         return row[0]
 
     def receive(self, seq: int, request_id: str, arrival: float, items: list[str], hashes: dict[str, str],
-                method: dict[str, Any] | None) -> None:
+                method: dict[str, Any] | None, line_hash: str | None = None) -> None:
+        """Record a valid request (and its source line's keyed hash, what a restart checks the source against)."""
         now = time.time()
         with self._transaction():
+            self._source_line(seq, line_hash)
             self.db.execute(
                 "INSERT INTO requests (seq, request_id, state, arrival, received_at, items, hashes, method, "
                 "updated_at) VALUES (?, ?, 'received', ?, ?, ?, ?, ?, ?)",
@@ -101,13 +108,24 @@ class Ledger:
             self._audit(seq, request_id, "received", {"items": items, "hashes": hashes, "method": method,
                                                       "arrival": arrival})
 
-    def quarantine(self, seq: int, request_id: str | None, reason: str, hashes: dict[str, str]) -> None:
+    def quarantine(self, seq: int, request_id: str | None, reason: str, hashes: dict[str, str],
+                   line_hash: str | None = None) -> None:
         now = time.time()
         with self._transaction():
+            self._source_line(seq, line_hash)
             self.db.execute(
                 "INSERT INTO requests (seq, request_id, state, reason, received_at, hashes, updated_at) "
                 "VALUES (?, ?, 'quarantined', ?, ?, ?, ?)", (seq, request_id, reason, now, json.dumps(hashes), now))
             self._audit(seq, request_id, "quarantined", {"reason": reason, "hashes": hashes})
+
+    def line_hash(self, seq: int) -> str | None:
+        """The keyed hash of source line `seq` as it was received (None for lines received before it was kept)."""
+        row = self.db.execute("SELECT hash FROM source_lines WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else row[0]
+
+    def _source_line(self, seq: int, line_hash: str | None) -> None:
+        if line_hash:
+            self.db.execute("INSERT OR REPLACE INTO source_lines VALUES (?, ?)", (seq, line_hash))
 
     # --- batches ----------------------------------------------------------------------------------------------
     def recover(self) -> list[int]:

@@ -99,7 +99,7 @@ class MethodStream:
 
             listed = tofu_nested_requests(self.config.data.tofu_path)
         for request in listed:
-            yield request.line, request
+            yield request.line, replace(request, content_hash=self.hasher(request.to_json()))
 
     def _read(self, out: queue.Queue, stop: threading.Event) -> None:
         try:
@@ -114,10 +114,17 @@ class MethodStream:
         if isinstance(parsed, UnlearningRequest):
             examples, unknown = self.index.resolve(parsed)
             self.examples[seq] = examples
-        if seq <= self.last_seq_at_start:
-            return  # received before a restart: the ledger has it
+        self.read_upto = max(self.read_upto, seq)
+        if seq <= self.last_seq_at_start:  # received before a restart: the ledger has it, if it is the same line
+            recorded = ledger.line_hash(seq)
+            if recorded is not None and recorded != parsed.content_hash:
+                raise ConfigError(f"the stream's source changed: line {seq} is not the line the ledger received "
+                                  "there (its keyed hash differs); restore the source, or start a new stream with "
+                                  "another --output")
+            return
         if isinstance(parsed, BadLine):
-            ledger.quarantine(seq, parsed.id, parsed.reason, {"line": parsed.content_hash})
+            ledger.quarantine(seq, parsed.id, parsed.reason, {"line": parsed.content_hash},
+                              line_hash=parsed.content_hash)
             record_stream(self.config.name, self.method["name"], state="quarantined")
             self.board.record("quarantined")
             self.progress(f"line {seq} quarantined: {parsed.reason}")
@@ -135,13 +142,13 @@ class MethodStream:
         else:
             reason = None
         if reason is not None:
-            ledger.quarantine(seq, parsed.id, reason, hashes)
+            ledger.quarantine(seq, parsed.id, reason, hashes, line_hash=parsed.content_hash)
             record_stream(self.config.name, self.method["name"], request=parsed.id, state="quarantined")
             self.board.record("quarantined")
             self.progress(f"{parsed.id} quarantined: {reason}")
             return
         method = resolved_method(parsed.method, self.config) if parsed.method is not None else None
-        ledger.receive(seq, parsed.id, parsed.arrival, list(hashes), hashes, method)
+        ledger.receive(seq, parsed.id, parsed.arrival, list(hashes), hashes, method, line_hash=parsed.content_hash)
 
     # --- the run ----------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -158,6 +165,7 @@ class MethodStream:
                 self.progress(f"resuming: batch(es) {abandoned} were running when the stream stopped; their "
                               "requests are applied again from the last applied checkpoint")
             self.last_seq_at_start = ledger.last_seq()
+            self.read_upto = 0  # the last source line read so far
             self.board.count_from(ledger)
             if ledger.get_meta("started_at") is None:
                 ledger.set_metas({"started_at": time.time(), "method": self.method, "identity": identity})
@@ -229,6 +237,13 @@ class MethodStream:
                     if done:
                         self._record(ledger, in_flight, result)
                         in_flight = None
+                    continue
+                if self.read_upto < self.last_seq_at_start:  # a restart: the lines the ledger holds come first
+                    if source_done:
+                        raise ConfigError(f"the stream's source changed: it ends at line {self.read_upto}, and the "
+                                          f"ledger received lines up to {self.last_seq_at_start}; restore the "
+                                          "source, or start a new stream with another --output")
+                    time.sleep(0.05)
                     continue
                 waiting = self._waiting(ledger, due)
                 now = time.time()

@@ -48,6 +48,7 @@ class UnlearningRequest:
     items: tuple[str, ...] = ()  # ids into the data set: example ids or subject keys
     texts: tuple[str, ...] = ()  # inline texts to forget
     method: StreamMethod | None = None
+    content_hash: str = ""  # the keyed hash of its source line: what a restart checks the source against
 
     def to_json(self) -> str:
         items: list[Any] = list(self.items) + [{"text": t} for t in self.texts]
@@ -157,7 +158,7 @@ def parse_line(text: str, line: int, hasher: ContentHasher) -> UnlearningRequest
             override = StreamMethod(name=method) if isinstance(method, str) else StreamMethod(**method)
         except (TypeError, ValueError) as err:  # pydantic's ValidationError and MethodConfigError are ValueErrors
             return bad(f"'method' is not a usable method ({_error_kind(err)})", request_id)
-    return UnlearningRequest(request_id, line, float(arrival), tuple(items), tuple(texts), override)
+    return UnlearningRequest(request_id, line, float(arrival), tuple(items), tuple(texts), override, digest)
 
 
 def _error_kind(err: Exception) -> str:

@@ -94,3 +94,52 @@ def test_the_stream_start_is_one_commit(tmp_path):
         ledger.set_metas({"baseline": {"model_utility": 0.5}, "serving_since": object()})  # not JSON: fails midway
     assert ledger.get_meta("baseline") is None and ledger.get_meta("serving_since") is None
     ledger.close()
+
+
+def _file_stream(tmp_path: Path, lines: list[str]):
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(line + "\n" for line in lines))
+    config = parse_config({"stream": {"methods": [{"name": "ga"}], "source": "file", "requests": str(requests)}})
+    return _method_stream(config, tmp_path / "out" / "ga"), requests
+
+
+def _line(request_id: str, person: str) -> str:
+    import json
+
+    return json.dumps({"id": request_id, "items": [person]})
+
+
+def test_a_changed_source_line_is_refused_on_restart(tmp_path):
+    """Lines were matched by number only: an edited file was silently taken as the one the ledger recorded."""
+    import threading
+
+    stream, requests = _file_stream(tmp_path, [_line("r1", "person-000"), _line("r2", "person-001")])
+    ledger = Ledger(stream.folder / LEDGER_FILE)
+    stream.last_seq_at_start, stream.read_upto = 0, 0
+    for seq, parsed in stream._source(threading.Event()):
+        stream._receive(ledger, seq, parsed)
+    requests.write_text(_line("r1", "person-000") + "\n" + _line("r2", "person-002") + "\n")  # line 2 edited
+    stream.last_seq_at_start, stream.read_upto = ledger.last_seq(), 0
+    seen = list(stream._source(threading.Event()))
+    stream._receive(ledger, *seen[0])  # the same line 1: accepted
+    with pytest.raises(ConfigError, match="source changed: line 2 is not the line the ledger received"):
+        stream._receive(ledger, *seen[1])
+    ledger.close()
+
+
+def test_a_source_shorter_than_the_ledger_is_refused_before_any_dispatch(tmp_path):
+    """A restart once dispatched requeued requests before the reader had read their lines (a KeyError); now the
+    loop waits for the lines the ledger holds, and a source that no longer has them is refused."""
+    import threading
+
+    stream, requests = _file_stream(tmp_path, [_line("r1", "person-000"), _line("r2", "person-001")])
+    ledger = Ledger(stream.folder / LEDGER_FILE)
+    stream.last_seq_at_start, stream.read_upto = 0, 0
+    for seq, parsed in stream._source(threading.Event()):
+        stream._receive(ledger, seq, parsed)
+    requests.write_text(_line("r1", "person-000") + "\n")  # line 2 gone
+    stream.last_seq_at_start, stream.read_upto = ledger.last_seq(), 0
+    stream.workers = SimpleNamespace(submit=lambda *a, **k: pytest.fail("dispatched before the source caught up"))
+    with pytest.raises(ConfigError, match="it ends at line 1, and the ledger received lines up to 2"):
+        stream._loop(ledger)
+    ledger.close()
