@@ -8,6 +8,7 @@ the samples ICU refines its forget set on.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, Sequence
 
 import methods
@@ -96,27 +97,32 @@ def make_job(config: ExperimentConfig, prepared: Prepared, tokenizer, target_dir
         raise ConfigError(f"method {name!r} does not support DeepSpeed (it sets gradients by hand)")
     rows = method_rows(tokenizer, name, hparams, data.forget, data.retain, template, max_length)
     settings = worker_settings(config, cpus_per_worker)
-    early_stop_rows: list[EncodedRow] = []
-    if settings.early_stop:
-        if not data.retain:
-            if config.train.early_stop:  # asked for by the config, not the recipe: say why it cannot run
-                raise ConfigError("train.early_stop measures the retain data's perplexity, and this run has no "
-                                  "retain data; set train.early_stop: false")
-            settings = WorkerSettings(**{**settings.as_dict(), "early_stop": None})
-        else:
-            from orchestrator.worker.early_stop import even_spread
-
-            base = ROW_ID_BASE["early_stop"]
-            chosen = even_spread(list(range(len(data.retain))), settings.early_stop["max_examples"])
-            early_stop_rows = [encode(tokenizer, data.retain[j], base + j, template, max_length) for j in chosen]
+    if settings.early_stop and not data.retain:
+        if config.train.early_stop:  # asked for by the config, not the recipe: say why it cannot run
+            raise ConfigError("train.early_stop measures the retain data's perplexity, and this run has no "
+                              "retain data; set train.early_stop: false")
+        settings = replace(settings, early_stop=None)
     refines = profile.refines_forget_set
     return TrainJob(
         target_dir=target_dir, method_name=name, method_hparams=hparams, train=settings, rows=rows,
         pad_token_id=tokenizer.pad_token_id, dtype=config.model.dtype,
         forget_samples=forget_samples(tokenizer, data.forget, "forget", template, max_length) if refines else [],
         holdout_samples=forget_samples(tokenizer, data.holdout, "holdout", template, max_length) if refines else [],
-        early_stop_rows=early_stop_rows,
+        early_stop_rows=early_stop_rows(tokenizer, settings, data.retain, template, max_length),
     )
+
+
+def early_stop_rows(tokenizer, settings: WorkerSettings, retain: Sequence[Example], template: PromptTemplate,
+                    max_length: int) -> list[EncodedRow]:
+    """train.early_stop's yardstick: an even spread of at most `max_examples` retain examples (none when the rule
+    is off)."""
+    if not settings.early_stop:
+        return []
+    from orchestrator.worker.early_stop import even_spread
+
+    base = ROW_ID_BASE["early_stop"]
+    chosen = even_spread(list(range(len(retain))), settings.early_stop["max_examples"])
+    return [encode(tokenizer, retain[j], base + j, template, max_length) for j in chosen]
 
 
 def forget_samples(tokenizer, examples: Sequence[Example], part: str, template: PromptTemplate,

@@ -37,11 +37,6 @@ class StreamResult:
 
 def stream_config(config: ExperimentConfig, requests: str | None = None, follow: bool | None = None) -> StreamConfig:
     """The config's `stream:` section (defaults when absent) with the CLI's `--requests` / `--follow` applied."""
-    if config.train.early_stop:
-        # A stream's requests end on their epochs, and its guard (stream.utility_floor) rolls back a request that
-        # cost too much utility; the per-run stopping rule does not apply to them.
-        raise ConfigError("train.early_stop applies to `unlearn run` and sweeps, not to a stream (its guard is "
-                          "stream.utility_floor); remove it from this config")
     base = (config.stream or StreamConfig()).model_dump()
     if requests is not None:
         base.update(source="file", requests=requests)

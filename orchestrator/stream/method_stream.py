@@ -22,7 +22,7 @@ from orchestrator.config import ExperimentConfig, MethodConfig
 from orchestrator.errors import ConfigError
 from orchestrator.observe.metrics import record_stream
 from orchestrator.observe.progress import LiveTable, progress_mode
-from orchestrator.run.job import method_rows, worker_settings
+from orchestrator.run.job import early_stop_rows, method_rows, worker_settings
 from orchestrator.run.prepare import Prepared, eval_settings
 from orchestrator.run.resident import ResidentWorkers
 from orchestrator.run.state import differences, training_identity
@@ -299,18 +299,21 @@ class MethodStream:
     def _job(self, method: dict[str, Any], forget: list, excluded: set[str]) -> TrainJob:
         """The batch's `TrainJob`, built as `unlearn run` builds its own (`orchestrator/run/job.py`): its rows (the
         examples named by any request so far are not retained any more) and its settings (the method's lr and
-        epochs; a request runs its epochs, one try: no rule, no checkpoints of its own)."""
+        epochs; one try, no checkpoints of its own). `train.early_stop`, when the config asks for it (a recipe's
+        default does not turn it on in a stream), stops each request on its own retain sample's perplexity."""
         config = method_config(self.config, method["name"], method["hparams"])
+        template, max_length = self.prepared.template, self.config.data.max_length
         retain = tuple(e for e in self.prepared.data.retain if e.id not in excluded)
-        rows = method_rows(self.tokenizer, method["name"], method["hparams"], forget, retain,
-                           self.prepared.template, self.config.data.max_length)
+        rows = method_rows(self.tokenizer, method["name"], method["hparams"], forget, retain, template, max_length)
+        asked = self.config.train.early_stop not in (None, False) and bool(retain)
         settings = replace(worker_settings(config, self.workers.cpus_per_worker, lr=method["lr"],
-                                           epochs=method["epochs"], early_stop=False),
+                                           epochs=method["epochs"], early_stop=asked),
                            max_failures=0, checkpoint_every_epochs=None)
         # progress "off": the stream shows one line (and a live table) per request, not the request's epochs.
         return TrainJob(target_dir=self.prepared.target_dir, method_name=method["name"],
                         method_hparams=dict(method["hparams"]), train=settings, rows=rows,
-                        pad_token_id=self.tokenizer.pad_token_id, dtype=self.config.model.dtype, progress="off")
+                        pad_token_id=self.tokenizer.pad_token_id, dtype=self.config.model.dtype, progress="off",
+                        early_stop_rows=early_stop_rows(self.tokenizer, settings, retain, template, max_length))
 
     def _record(self, ledger: Ledger, in_flight: dict[str, Any], result: BatchResult) -> None:
         assert result.batch == in_flight["batch"], (result.batch, in_flight["batch"])

@@ -192,7 +192,8 @@ class ApplyBatch:
         timings = {"before_eval": t1 - t0, "build": t2 - t1, "train": t3 - t2, "evaluate": t4 - t3,
                    "checkpoint": t5 - t4, "worker_total": t5 - t0}
         return BatchResult(self.batch, state, reason, checkpoint, before, after, utility,
-                           {"steps": worker.global_step, "losses": losses[-3:]},
+                           {"steps": worker.global_step, "losses": losses[-3:], "epochs_run": worker.epoch,
+                            "early_stop": worker.stopper.summary() if worker.stopper is not None else None},
                            {k: round(v, 4) for k, v in timings.items()})
 
     def _write_checkpoint(self, model: torch.nn.Module) -> str:

@@ -14,6 +14,7 @@ import torch
 from orchestrator.config import ConfigError, parse_config
 from orchestrator.data.tokenize import IGNORE_INDEX, EncodedRow, collate
 from orchestrator.worker.early_stop import PerplexityStop, even_spread, token_perplexity
+from tests.orchestrator.test_evaluation import tokenizer, unlearning_data  # noqa: F401 (fixtures)
 from tests.tiny_run import tiny_run
 
 CPU = torch.device("cpu")
@@ -96,11 +97,37 @@ def test_configs_set_the_rule_or_take_the_recipe():
         parse_config(tiny_run(train={"early_stop": {"rise": 1.1}}))
 
 
-def test_a_stream_refuses_the_rule():
-    from orchestrator.stream.driver import stream_config
+def test_a_stream_request_stops_on_its_own_retain_sample(tokenizer, unlearning_data, tmp_path):
+    """In a stream the rule is asked for by the config (a recipe's default does not turn it on there), and each
+    request measures the retain data that is still retained: examples named by any request so far are not."""
+    from types import SimpleNamespace
 
-    with pytest.raises(ConfigError, match="train.early_stop applies to `unlearn run`"):
-        stream_config(parse_config(tiny_run(train={"early_stop": True})))
+    from orchestrator.data.tokenize import PromptTemplate, encode
+    from orchestrator.stream.config import StreamMethod
+    from orchestrator.stream.driver import stream_config
+    from orchestrator.stream.method_stream import MethodStream, resolved_method
+    from orchestrator.worker.batching import ROW_ID_BASE
+
+    def stream(train):
+        config = parse_config(tiny_run(train=train, stream={"methods": [{"name": "undial"}]}))
+        prepared = SimpleNamespace(data=unlearning_data, template=PromptTemplate(), target_dir="unused",
+                                   tokenizer_dir="unused")
+        method = StreamMethod(name="undial")
+        return MethodStream(config, stream_config(config), method, prepared, tokenizer, tmp_path / "undial",
+                            SimpleNamespace(cpus_per_worker=1), print), resolved_method(method, config)
+
+    excluded = {e.id for e in unlearning_data.retain[:3]}
+    ruled, method = stream({"early_stop": {"max_examples": 2}})
+    job = ruled._job(method, list(unlearning_data.forget[:2]), excluded)
+    assert job.train.early_stop["max_examples"] == 2 and len(job.early_stop_rows) == 2
+    kept = [e for e in unlearning_data.retain if e.id not in excluded]
+    max_length = ruled.config.data.max_length
+    expected = [encode(tokenizer, kept[j], ROW_ID_BASE["early_stop"] + j, PromptTemplate(), max_length)
+                for j in even_spread(list(range(len(kept))), 2)]
+    assert [(r.index, r.input_ids) for r in job.early_stop_rows] == [(r.index, r.input_ids) for r in expected]
+    recipe_only, method = stream({})  # UnDIAL's recipe has the rule on for runs; a stream does not take it
+    job = recipe_only._job(method, list(unlearning_data.forget[:2]), excluded)
+    assert job.train.early_stop is None and job.early_stop_rows == []
 
 
 @pytest.mark.slow
