@@ -89,15 +89,19 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
 
 
 def next_message(feed: Any, rank: int, world_size: int, timeout: float = IDLE_POLL_S) -> FeedMessage:
-    """The driver's next message on every rank (rank 0 reads `feed`); `Idle()` after `timeout` s."""
+    """The driver's next message on every rank (rank 0 reads `feed`); `Idle()` after `timeout` s, `Stop()` once
+    the feed is gone."""
     message: FeedMessage | None = None
     if rank == 0:
+        from ray.exceptions import RayActorError
         from ray.util.queue import Empty
 
         try:
             message = feed.get(block=True, timeout=timeout)
         except Empty:
             message = Idle()
+        except RayActorError:  # the feed died with its owner (a driver or Tune trial that ended): nobody to serve
+            message = Stop()
     if world_size > 1:
         import torch.distributed as dist
 

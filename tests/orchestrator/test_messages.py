@@ -78,3 +78,15 @@ def test_the_worker_feed_refuses_an_untyped_message():
         next_message(_Feed({"kind": "stop"}), rank=0, world_size=1)
     with pytest.raises(TypeError):
         TaskDone(call=1)  # type: ignore[call-arg]
+
+
+def test_a_feed_gone_with_its_owner_stops_the_group():
+    """A sweep's trial actor owns its slot's feed; when Tune ends the actor, the workers stop instead of dying on
+    the dead queue with a traceback."""
+    from ray.exceptions import ActorDiedError
+
+    class DeadFeed:
+        def get(self, block: bool, timeout: float):
+            raise ActorDiedError()
+
+    assert isinstance(next_message(DeadFeed(), rank=0, world_size=1), Stop)
