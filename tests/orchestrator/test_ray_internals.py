@@ -134,7 +134,11 @@ class _Context:
 def test_the_worker_setup_hook_exports_the_workers_own_cluster(monkeypatch):
     import ray
 
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # setenv before delenv: monkeypatch then restores the variable's absence after the test; a bare delenv of an
+    # absent variable records nothing, and the hook's own assignment would outlive the test (every later Ray start
+    # in the session would join that address).
+    monkeypatch.setenv("RAY_ADDRESS", "restored-after-the-test")
+    monkeypatch.delenv("RAY_ADDRESS")
     monkeypatch.setattr(ray, "get_runtime_context", lambda: _Context())
     private_ray_runtime_env()["worker_process_setup_hook"]()
     assert os.environ["RAY_ADDRESS"] == "10.1.2.3:6379"
@@ -161,7 +165,16 @@ def test_the_worker_setup_hook_travels_by_value(block_imports, monkeypatch):
     data = cloudpickle.dumps(private_ray_runtime_env()["worker_process_setup_hook"])
     block_imports(ray_internals.__name__, "orchestrator", "orchestrator.run")
     hook = pickle.loads(data)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # setenv before delenv: monkeypatch then restores the variable's absence after the test; a bare delenv of an
+    # absent variable records nothing, and the hook's own assignment would outlive the test (every later Ray start
+    # in the session would join that address).
+    monkeypatch.setenv("RAY_ADDRESS", "restored-after-the-test")
+    monkeypatch.delenv("RAY_ADDRESS")
     monkeypatch.setattr(ray, "get_runtime_context", lambda: _Context())
     hook()
     assert os.environ["RAY_ADDRESS"] == "10.1.2.3:6379"
+
+
+def test_no_address_set_by_the_hook_outlives_its_tests():
+    """Runs after the hook's tests (file order): the address they set must be gone with them."""
+    assert os.environ.get("RAY_ADDRESS") != "10.1.2.3:6379"

@@ -143,3 +143,26 @@ def test_a_source_shorter_than_the_ledger_is_refused_before_any_dispatch(tmp_pat
     with pytest.raises(ConfigError, match="it ends at line 1, and the ledger received lines up to 2"):
         stream._loop(ledger)
     ledger.close()
+
+
+def test_pruning_keeps_the_last_applied_checkpoint_whatever_was_written_after_it(tmp_path):
+    """`keep_checkpoints: 1` once let Ray Train delete the last applied checkpoint when the process died between a
+    new checkpoint's report and the ledger's record of it: the stream could not resume. Checkpoints are now pruned
+    only after the ledger records a batch, and never the last applied one."""
+    config = parse_config({"stream": {"methods": [{"name": "ga"}], "keep_checkpoints": 1}})
+    stream = _method_stream(config, tmp_path / "ga")
+    ledger = Ledger(stream.folder / LEDGER_FILE)
+    folders = []
+    for seq in (1, 2, 3):
+        ledger.receive(seq, f"r{seq}", 0.0, [f"person-00{seq}"], {}, None)
+        batch = ledger.start_batch([seq], {"name": "ga"}, ledger.last_checkpoint())
+        folder = stream.folder / "checkpoints" / f"batch-{batch:05d}"
+        folder.mkdir(parents=True)
+        folders.append(folder)
+        if seq < 3:
+            ledger.finish_batch(batch, "applied", str(folder), {}, {}, {})
+    # Batch 3 wrote its checkpoint and the process died before the ledger recorded it (abandoned on restart).
+    stream._prune_checkpoints(ledger)
+    assert not folders[0].exists() and folders[1].exists() and folders[2].exists()
+    assert ledger.last_checkpoint() == str(folders[1])
+    ledger.close()
