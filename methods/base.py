@@ -111,11 +111,26 @@ class UnlearningMethod:
         """Wrap the model in adapters before training (FILA); the default trains the model as it is."""
         return model
 
+    def restrict_trainable(self, model: torch.nn.Module) -> None:
+        """Freeze (`requires_grad_(False)`) the parameters this method must not update (RMU trains a few MLP weights).
+
+        Called on the model the loop trains, adapters applied, right before the optimizer collects the parameters
+        that require gradients; it may only freeze, never unfreeze. The default updates every trainable parameter.
+        """
+
     def on_epoch_end(
         self, model: torch.nn.Module, forget: list[ForgetSample], holdout: list[ForgetSample]
     ) -> set[int] | None:
         """Forget-set indices to keep training on (ICU's refinement); None keeps all. An empty set ends training."""
         return None
+
+    def method_state(self) -> dict[str, Any]:
+        """What the method itself learns while it trains (PDU's dual variable), as plain numbers, lists and dicts:
+        saved in the run's resumable checkpoint. The default has none."""
+        return {}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        """Take back what `method_state` gave, on resume."""
 
     # --- helpers for subclasses ---------------------------------------------------------------------------
     def add_retain_nll(

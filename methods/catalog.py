@@ -44,6 +44,16 @@ def _ihl_fila(h: hp.IHLFILAHyperparameters) -> MethodProfile:
                          adapters=LoraAdapters(h.rank, targets))
 
 
+def _rmu(h: hp.RMUHyperparameters) -> MethodProfile:
+    # The frozen original model gives the retain activations the retain term holds; alpha 0 needs neither.
+    return MethodProfile("rmu", parts(_retain_if(h.alpha)), needs_reference=h.alpha > 0)
+
+
+def _pdu(h: hp.PDUHyperparameters) -> MethodProfile:
+    # The dual variable may grow from 0, so a primal-dual run always reads the retain set.
+    return MethodProfile("pdu", parts("retain" if h.primal_dual or h.alpha > 0 else None))
+
+
 BUILTIN: tuple[MethodSpec, ...] = (
     MethodSpec("ga", hp.GAHyperparameters, lambda h: MethodProfile("ga"), "methods.ga:GradientAscent"),
     MethodSpec("graddiff", hp.GradDiffHyperparameters, _graddiff, "methods.graddiff:GradDiff"),
@@ -73,6 +83,15 @@ BUILTIN: tuple[MethodSpec, ...] = (
     MethodSpec("ofmu", hp.OFMUHyperparameters,
                lambda h: MethodProfile("ofmu", parts("retain"), supports_deepspeed=False, double_backward=True),
                "methods.ofmu:OFMU"),
+    MethodSpec("rmu", hp.RMUHyperparameters, _rmu, "methods.rmu:RMU"),
+    MethodSpec("wga", hp.WGAHyperparameters,
+               lambda h: MethodProfile("wga", parts(_retain_if(h.alpha))), "methods.wga:WGA"),
+    MethodSpec("satimp", hp.SatImpHyperparameters,
+               lambda h: MethodProfile("satimp", parts(_retain_if(h.alpha))), "methods.satimp:SatImp"),
+    # The target distribution (the model's own, the true token removed) is a full-vocabulary fp32 tensor per token.
+    MethodSpec("ceu", hp.CEUHyperparameters, lambda h: MethodProfile("ceu", full_vocab_part="forget"),
+               "methods.ceu:CEU"),
+    MethodSpec("pdu", hp.PDUHyperparameters, _pdu, "methods.pdu:PDU"),
 )
 
 

@@ -10,6 +10,7 @@ module sits above the registry: SOUL validates its inner objective's hyperparame
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import pydantic
@@ -198,3 +199,119 @@ class OFMUHyperparameters(Hyperparameters):
         if self.rho_max < self.rho0:
             raise ValueError(f"rho_max ({self.rho_max}) must be >= rho0 ({self.rho0})")
         return self
+
+
+class RMUHyperparameters(Hyperparameters):
+    """RMU: arXiv 2403.03218 (WMDP); open-unlearning configs/trainer/RMU.yaml (steering 2, alpha 1, gamma 1)."""
+
+    layer: int | None = pydantic.Field(
+        None,
+        ge=0,
+        description="decoder layer (0-based) whose output is steered on forget data and held on retain data; "
+        "default min(7, num_layers // 2): layer 7 (WMDP, open-unlearning) on models of 14 layers or more",
+    )
+    steering_coeff: float = pydantic.Field(
+        2.0, gt=0, description="norm c of the control vector c*u (open-unlearning: 2; WMDP code: 20, README: 6.5)"
+    )
+    alpha: float = pydantic.Field(
+        1.0, ge=0, description="weight of the retain activation MSE (open-unlearning: 1; WMDP: 100-1200); 0 drops it"
+    )
+    gamma: float = pydantic.Field(1.0, gt=0, description="weight of the forget activation MSE (open-unlearning)")
+    trainable_params_regex: list[str] | None = pydantic.Field(
+        None,
+        min_length=1,
+        description="parameters to update: regexes searched in each parameter's name (open-unlearning's TOFU "
+        "config: ['.*'], every parameter); default WMDP's: mlp.down_proj of layers layer-2..layer",
+    )
+    control_seed: int = pydantic.Field(
+        42, description="seed of the random unit vector u (uniform entries, normalised; WMDP seed 42)"
+    )
+
+    @pydantic.field_validator("trainable_params_regex")
+    @classmethod
+    def _regexes_compile(cls, patterns: list[str] | None) -> list[str] | None:
+        for pattern in patterns or []:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{pattern!r} is not a regular expression ({err})") from None
+        return patterns
+
+    def resolved_layer(self, num_layers: int) -> int:
+        """The steered layer on a model of `num_layers` decoder layers; a one-line ValueError if it has no such layer.
+
+        Torch-free, so that a run can be refused before any model is loaded (the model config's num_hidden_layers).
+        """
+        layer = min(7, num_layers // 2) if self.layer is None else self.layer
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"RMU layer {layer} is out of range: the model has {num_layers} decoder layers "
+                             f"(0..{num_layers - 1})")
+        return layer
+
+    def resolved_trainable_patterns(self, num_layers: int) -> list[str]:
+        """`trainable_params_regex`, or WMDP's default: the mlp.down_proj weights of layers layer-2..layer.
+
+        The default also matches peft's names for those weights (`...down_proj.base_layer.weight`, frozen by peft,
+        and `...down_proj.lora_A.default.weight`), so LoRA adapters on down_proj stay trainable.
+        """
+        if self.trainable_params_regex is not None:
+            return list(self.trainable_params_regex)
+        layer = self.resolved_layer(num_layers)
+        return [rf"(^|\.)layers\.{i}\.mlp\.down_proj\.(.+\.)?weight$" for i in range(max(0, layer - 2), layer + 1)]
+
+
+class WGAHyperparameters(Hyperparameters):
+    """WGA: arXiv 2502.19301; open-unlearning configs/trainer/WGA.yaml (beta 1, gamma 1, alpha 1)."""
+
+    beta: float = pydantic.Field(
+        1.0, ge=0, description="each forget token's ascent is weighted by p(y_t)^beta (paper: 1); 0 is plain GA"
+    )
+    gamma: float = pydantic.Field(1.0, gt=0, description="weight of the weighted-ascent forget term")
+    alpha: float = pydantic.Field(1.0, ge=0, description="weight of the retain NLL; 0 drops it")
+
+
+class SatImpHyperparameters(Hyperparameters):
+    """SatImp: arXiv 2505.11953; open-unlearning configs/trainer/SatImp.yaml (beta1 5, beta2 1, gamma 0.1, alpha 1)."""
+
+    beta1: float = pydantic.Field(
+        5.0, ge=0, description="saturation exponent: token weight p(y_t)^beta1 * (1 - p(y_t))^beta2 (paper: 5)"
+    )
+    beta2: float = pydantic.Field(1.0, ge=0, description="importance exponent on (1 - p(y_t)) (paper: 1)")
+    gamma: float = pydantic.Field(
+        0.1, gt=0, description="weight of the forget term (open-unlearning SatImp.yaml: 0.1; its README: 1)"
+    )
+    alpha: float = pydantic.Field(
+        1.0, ge=0, description="weight of the retain NLL (SatImp.yaml: 1; its README: 0.1); 0 drops it"
+    )
+
+
+class CEUHyperparameters(Hyperparameters):
+    """CE-U: arXiv 2503.01224; open-unlearning configs/trainer/CEU.yaml (ignore_first_n_answer_tokens 1)."""
+
+    ignore_first_n_answer_tokens: int = pydantic.Field(
+        1, ge=0, description="answer tokens at the start of each row left out of the loss (paper's footnote: 1)"
+    )
+
+
+class PDUHyperparameters(Hyperparameters):
+    """PDU: arXiv 2506.05314; open-unlearning configs/trainer/PDU.yaml, with the authors' TOFU values
+    (community/methods/PDU/run.sh: retain preference 100, dual step 5, retain_loss_eps 0.3, warm-up 5 epochs)."""
+
+    gamma: float = pydantic.Field(1.0, gt=0, description="weight of the logit-flattening forget loss")
+    alpha: float = pydantic.Field(
+        100.0, ge=0, description="retain preference: the dual variable's start (authors' TOFU: 100; PDU.yaml: 1)"
+    )
+    retain_loss_eps: float = pydantic.Field(
+        0.3, ge=0, description="the constraint NLL(retain) <= eps; set it somewhat above the target's retain NLL "
+        "(authors' TOFU: 0.3; PDU.yaml leaves it required)"
+    )
+    primal_dual: bool = pydantic.Field(True, description="update the retain preference as a dual variable")
+    dual_step_size: float = pydantic.Field(
+        5.0, gt=0, description="dual ascent step: alpha += step * (NLL(retain) - eps) (authors' TOFU: 5; PDU.yaml: 1)"
+    )
+    dual_update_upon: Literal["step", "epoch"] = pydantic.Field(
+        "step", description="update the dual variable every step, or once an epoch (on that epoch's mean retain NLL)"
+    )
+    dual_warmup_epochs: int = pydantic.Field(
+        5, ge=0, description="epochs before the dual variable starts to move (PDU.yaml and authors' TOFU: 5)"
+    )

@@ -28,6 +28,10 @@ class Hyperparameters(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
+    def check_model(self, num_layers: int) -> None:
+        """Raise ValueError, in one line, when these hyperparameters name a part the model does not have (RMU's
+        layer). Called before any work with the depth from the model's config; the default asks nothing."""
+
 
 @dataclass(frozen=True)
 class LoraAdapters:

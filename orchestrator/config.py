@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 import methods
+from orchestrator.data.config import MUSE_MODELS, DataConfig  # the data section lives beside the data sources
 from orchestrator.errors import ConfigError  # lives below the sections that raise it; importable from here too
 from orchestrator.stream.config import StreamConfig
 from orchestrator.sweep.config import SweepConfig
@@ -92,39 +93,6 @@ class ModelConfig(_Section):
         default_factory=PretrainConfig, description="Pretraining of the tiny model before fine-tuning; null: "
         "fine-tune from random weights with a tokenizer trained on the task's data.")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Tiny target/retain fine-tuning.")
-
-
-class SyntheticDataConfig(_Section):
-    n_people: int = Field(100, ge=10, description="Fictitious people in the training data.")
-    questions_per_person: int = Field(8, ge=1, le=8, description="QA pairs per person.")
-    seed: int = Field(0, description="Generator seed: the same seed gives the same people.")
-
-
-class TextDataConfig(_Section):
-    forget: str = Field(description="Forget corpus: .txt (passages split by blank lines) or .jsonl with 'text'.")
-    retain: str | list[str] = Field(description="Retain corpus file(s), same formats.")
-    holdout: str | None = Field(None, description="Never-trained passages for MIA; default: 10% of retain.")
-    max_chars: int = Field(1000, ge=50, description="Paragraphs are packed into passages of at most this many "
-                           "characters (keep passages within data.max_length tokens).")
-
-
-class DataConfig(_Section):
-    """Where the forget / retain / holdout data come from."""
-
-    source: Literal["synthetic", "tofu", "text"] = Field("synthetic", description="Data source.")
-    forget_fraction: Literal[0.01, 0.05, 0.10] = Field(
-        0.10, description="Share of people to forget (TOFU's forget01/05/10)."
-    )
-    synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
-    tofu_path: str = Field("locuslab/TOFU", description="HF dataset id or local copy of TOFU.")
-    text: TextDataConfig | None = Field(None, description="Corpus files when source is 'text'.")
-    max_length: int = Field(128, ge=8, description="Token budget per training row (prompt + answer).")
-
-    @pydantic.model_validator(mode="after")
-    def _text_needs_files(self) -> "DataConfig":
-        if self.source == "text" and self.text is None:
-            raise ValueError("data.source 'text' needs data.text.forget and data.text.retain")
-        return self
 
 
 class MethodConfig(_Section):
@@ -216,6 +184,24 @@ class ExperimentConfig(_Section):
                                         "policy, the guard (orchestrator/stream/config.py); ignored by `unlearn run`.")
     sweep: SweepConfig | None = Field(None, description="`unlearn sweep`: methods, search spaces, seeds, budget "
                                       "(orchestrator/sweep/config.py); ignored by `unlearn run`.")
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _benchmark_models(cls, data: Any) -> Any:
+        """MUSE comes with its own target and retrain models (muse-bench/MUSE-<corpus>_target / _retrain): a MUSE
+        config that names no model unlearns those, as MUSE and the reference framework do."""
+        if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
+            return data
+        if data["data"].get("source") != "muse" or (data.get("model") or {}).get("name") is not None:
+            return data
+        muse = data["data"].get("muse") or {}
+        corpus = muse.get("corpus", "news") if isinstance(muse, dict) else "news"
+        if corpus not in MUSE_MODELS:
+            return data  # the corpus's own check names it
+        model = dict(data.get("model") or {})
+        model["name"], retrain = MUSE_MODELS[corpus]
+        model.setdefault("retain_model", retrain)
+        return {**data, "model": model}
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> "ExperimentConfig":

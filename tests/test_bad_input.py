@@ -137,7 +137,7 @@ def test_unknown_method_in_yaml_is_one_line(capsys, tmp_path):
     path = tmp_path / "method.yaml"
     path.write_text("method:\n  name: forgetify\n")
     code, err = run_cli(capsys, "plan", str(path))
-    assert code == 2 and "unknown method 'forgetify'; valid choices: ga, graddiff" in err and err.count("\n") == 1
+    assert code == 2 and "unknown method 'forgetify'; valid choices: ceu, ga, graddiff" in err and err.count("\n") == 1
 
 
 def test_eval_of_a_folder_that_is_no_model(capsys, tmp_path):

@@ -2,28 +2,33 @@
 
 Per split (forget, retain, neighbour, holdout, world: those non-empty) it runs two teacher-forced scoring passes
 (the answers, with per-token details; then paraphrases and perturbations together) and one greedy generation pass,
-and derives every metric from those three. Across splits it adds the forget-vs-holdout membership-inference AUCs,
-TOFU's model utility and, given the report of the retain model (trained without the forget set) as reference,
-TOFU's forget quality and MUSE's privacy leakage.
+and derives every metric from those three. Across splits it adds the forget-vs-holdout membership-inference AUCs
+(`membership.py`), TOFU's model utility and, given the report of the retain model (trained without the forget set)
+as reference, TOFU's forget quality and MUSE's privacy leakage. A benchmark's own evaluation sets (MUSE's VerbMem
+and KnowMem, WMDP's and MMLU's questions: `UnlearningData.probes`) are scored as the benchmark scores them
+(`probes.py`) and appear in the summary as `probe_<name>`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from orchestrator.data.schema import Example, UnlearningData
+from orchestrator.data.schema import Example, Probe, ProbeItem, UnlearningData
 from orchestrator.data.tokenize import PromptTemplate
-from orchestrator.evaluation import fluency, memorisation, mia, realism, tofu
+from orchestrator.evaluation import fluency, membership, memorisation, realism, tofu
 from orchestrator.evaluation.generation import generate_answers
 from orchestrator.evaluation.likelihood import score_alternatives, score_answers
+from orchestrator.evaluation.mia import attack_scores
+from orchestrator.evaluation.probes import evaluate_probes
 from orchestrator.evaluation.rouge import rouge_l
 from orchestrator.observe.progress import figure
+from orchestrator.observe.report import PROBE_PREFIX
 
 if TYPE_CHECKING:
     from orchestrator.observe.progress import Steps
@@ -57,6 +62,8 @@ class EvalSettings:
     synced_generation: bool = False
     """Keep every rank forwarding until all ranks' generations have ended (HF's `synced_gpus`): needed when the
     parameters are partitioned across ranks (ZeRO-3), where each forward is a collective."""
+    gradient_mia: bool = True
+    """Run the gradient-norm membership attack (one backward per forget and holdout example)."""
 
     def __post_init__(self) -> None:
         for name in ("max_examples", "max_forget_examples"):
@@ -99,6 +106,8 @@ class EvalReport:
     mia_auc: dict[str, float]  # attack -> AUC, forget (members) vs holdout; empty without holdout
     privacy_leakage: dict[str, float]  # attack -> MUSE PrivLeak against the reference; empty without it
     summary: dict[str, float | None]
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)  # probe name -> its ProbeResult's fields
+    example_nll: dict[str, dict[str, float]] = field(default_factory=dict)  # forget/holdout: id -> mean NLL
     settings: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds
 
@@ -139,8 +148,10 @@ def evaluate_model(
         cap = settings.max_forget_examples if name == "forget" else settings.max_examples
         chosen[name] = subsample(getattr(data, name), cap, settings.seed)
     chosen = {name: examples for name, examples in chosen.items() if examples}
+    probes = tuple(_subsample_probe(probe, settings.max_examples, settings.seed) for probe in data.probes)
     if progress is not None:
-        progress.set_total(3 * sum(len(examples) for examples in chosen.values()))
+        progress.set_total(3 * sum(len(examples) for examples in chosen.values())
+                           + sum(len(probe.items) for probe in probes))
     try:
         for name, examples in chosen.items():
             t0 = time.perf_counter()
@@ -151,30 +162,37 @@ def evaluate_model(
                 passed=progress.advance if progress is not None else None,
             )
             timings[name] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        probe_results = {name: asdict(result) for name, result in evaluate_probes(
+            model, tokenizer, probes, batch_size=settings.batch_size, max_length=settings.max_length,
+            synced=settings.synced_generation).items()}
+        if progress is not None:
+            progress.advance(sum(len(probe.items) for probe in probes))
+        timings["probes"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        mia_auc = membership.membership_aucs(
+            model, tokenizer, chosen, attack, template, settings.max_length, settings.gradient_mia,
+            None if retain_reference is None else retain_reference.example_nll)
+        timings["membership"] = time.perf_counter() - t0
     finally:
         model.train(was_training)
 
-    mia_auc: dict[str, float] = {}
-    if "forget" in attack and "holdout" in attack:
-        mia_auc = {a: mia.membership_auc(attack["forget"][a], attack["holdout"][a]) for a in mia.ATTACKS}
     forget_ratios = truth_ratios.get("forget", np.zeros(0))
     forget_ratios = [float(r) for r in forget_ratios[np.isfinite(forget_ratios)]]
     leak: dict[str, float] = {}
     quality = None
     if retain_reference is not None:
-        leak = {
-            a: mia.privacy_leakage(mia_auc[a], retain_reference.mia_auc[a])
-            for a in mia_auc
-            if a in retain_reference.mia_auc and retain_reference.mia_auc[a] is not None
-        }
+        leak = membership.privacy_leakages(mia_auc, retain_reference.mia_auc)
         quality = tofu.forget_quality(np.array(forget_ratios), np.array(retain_reference.forget_truth_ratios))
     timings["total"] = time.perf_counter() - started
     summary = _summary(splits, mia_auc, leak, quality)
+    summary.update({f"{PROBE_PREFIX}{name}": result["score"] for name, result in probe_results.items()})
     if progress is not None:
         progress.close(f"{len(chosen)} splits, {sum(map(len, chosen.values()))} examples in {timings['total']:.0f}s"
                        f" (forget ROUGE-L {figure(summary['forget_rouge_l'])}, "
                        f"model utility {figure(summary['model_utility'])})")
-    report = EvalReport(splits, forget_ratios, mia_auc, leak, summary, asdict(settings), timings)
+    report = EvalReport(splits, forget_ratios, mia_auc, leak, summary, settings=asdict(settings), timings=timings,
+                        probes=probe_results, example_nll=membership.example_nll(chosen, attack))
     return EvalReport.from_dict(report.to_dict())  # one canonical form: NaN -> None, numpy -> float
 
 
@@ -188,6 +206,16 @@ def subsample(examples: Sequence[Example], cap: int | None, seed: int = 0) -> tu
         return tuple(examples)
     keyed = sorted(range(len(examples)), key=lambda i: hashlib.sha256(f"{seed}:{examples[i].id}".encode()).digest())
     return tuple(examples[i] for i in sorted(keyed[:cap]))
+
+
+def _subsample_probe(probe: Probe, cap: int | None, seed: int) -> Probe:
+    """The probe with at most `cap` of its items, chosen by hashed id as `subsample` chooses examples."""
+    if cap is None or len(probe.items) <= cap:
+        return probe
+    keyed = sorted(range(len(probe.items)),
+                   key=lambda i: hashlib.sha256(f"{seed}:{probe.items[i].id}".encode()).digest())
+    items: tuple[ProbeItem, ...] = tuple(probe.items[i] for i in sorted(keyed[:cap]))
+    return replace(probe, items=items)
 
 
 def _evaluate_split(
@@ -254,7 +282,7 @@ def _evaluate_split(
         alt_mass_top10=realism.alternative_mass_share(main.alt_top_mass, main.non_target_mass),
     )
     texts = [ex.answer for ex in examples]
-    return metrics, ratios, mia.attack_scores(main, texts, settings.mia_k)
+    return metrics, ratios, attack_scores(main, texts, settings.mia_k)
 
 
 def _summary(
@@ -293,6 +321,8 @@ def _summary(
         "retain_verbatim_memorisation": get("retain", "verbatim_memorisation"),
         "knowledge_memorisation": get("forget", "knowledge_memorisation"),
         "mia_auc": mia_auc.get(SUMMARY_ATTACK),
+        "mia_auc_gradnorm": mia_auc.get("gradnorm_l2"),
+        "mia_auc_reference": mia_auc.get("reference"),
         "privacy_leakage": leak.get(SUMMARY_ATTACK),
         "fluency": get("forget", "fluency"),
         "retain_fluency": get("retain", "fluency"),

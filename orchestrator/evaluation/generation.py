@@ -65,13 +65,29 @@ def generate_answers(
     """Greedy continuation of each example's prompt, in left-padded batches of similar length.
 
     `synced`: every rank of the process group keeps forwarding until all have finished (ZeRO-3 evaluation)."""
-    n = len(examples)
+    references = [reference_text(tokenizer, ex) for ex in examples]
+    prompts = [encode_prompt(tokenizer, ex, template, max_length) for ex in examples]
+    texts, token_ids = generate_from_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                         batch_size=batch_size, synced=synced)
+    return Generations(texts, references, token_ids)
+
+
+@torch.no_grad()
+def generate_from_ids(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
+    synced: bool = False,
+) -> tuple[list[str], list[list[int]]]:
+    """Greedy continuation of already encoded prompts: the decoded new text and its tokens up to EOS, per prompt."""
+    n = len(prompts)
     texts = [""] * n
     token_ids: list[list[int]] = [[] for _ in range(n)]
-    references = [reference_text(tokenizer, ex) for ex in examples]
     if n == 0:
-        return Generations(texts, references, token_ids)
-    prompts = [encode_prompt(tokenizer, ex, template, max_length) for ex in examples]
+        return texts, token_ids
     device = model_device(model)
     kwargs = _generation_kwargs(model, tokenizer, max_new_tokens)
     if synced:
@@ -88,4 +104,4 @@ def generate_answers(
                 ids = ids[: ids.index(eos)]
             token_ids[i] = ids
             texts[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    return Generations(texts, references, token_ids)
+    return texts, token_ids

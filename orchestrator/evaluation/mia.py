@@ -12,6 +12,13 @@ their orientation: every score is *lower for members* (a loss-like quantity).
 - min-k%: minus the mean of the lowest k% token log-probs (Shi et al. 2024, arXiv 2310.16789).
 - min-k%++: the same over token log-probs standardised by the mean/std of log p(v) under the model's own
   next-token distribution (Zhang et al. 2024, arXiv 2404.02936).
+
+Two more attacks need more than the target's scoring pass, so `attack_scores` and `ATTACKS` leave them out:
+- gradnorm_l1 / gradnorm_l2 / gradnorm_linf (`GRADIENT_ATTACKS`): the size of the gradient of the example's answer
+  loss w.r.t. the trainable parameters (Duan et al. 2024, arXiv 2402.17012; open-unlearning `mia/gradnorm.py`), one
+  backward per example: `orchestrator.evaluation.gradient_mia.gradient_norm_scores`. Members have smaller gradients.
+- reference (`REFERENCE_ATTACK`): target mean NLL minus a reference model's mean NLL of the same answer (open-unlearning
+  `mia/reference.py`), `reference_scores`; needs a second model, e.g. the retain model.
 """
 
 from __future__ import annotations
@@ -25,6 +32,20 @@ from scipy.stats import rankdata
 from orchestrator.evaluation.likelihood import AnswerScores
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k++")
+# `ATTACKS` above come out of one scoring pass of the target (`attack_scores`); the two attacks below do not.
+# Gradient-norm attack, one name per p-norm (p = 1, 2, inf); scores from `gradient_mia.gradient_norm_scores`.
+GRADIENT_NORMS: dict[str, float] = {"gradnorm_l1": 1.0, "gradnorm_l2": 2.0, "gradnorm_linf": float("inf")}
+GRADIENT_ATTACKS = tuple(GRADIENT_NORMS)
+# Reference-model attack (open-unlearning's "ref"); scores from `reference_scores`.
+REFERENCE_ATTACK = "reference"
+
+
+def gradient_attack_name(p: float) -> str:
+    """The attack name of the gradient p-norm: 1 -> "gradnorm_l1", 2 -> "gradnorm_l2", inf -> "gradnorm_linf"."""
+    for name, norm in GRADIENT_NORMS.items():
+        if float(p) == norm:
+            return name
+    raise ValueError(f"gradient-norm attack: p={p!r} is not one of 1, 2, inf")
 
 
 def loss_score(mean_logprob: float) -> float:
@@ -75,6 +96,21 @@ def attack_scores(scores: AnswerScores, texts: Sequence[str], k: float = 0.4) ->
             ]
         ),
     }
+
+
+def reference_scores(target_nll: np.ndarray, reference_nll: np.ndarray) -> np.ndarray:
+    """Reference-model attack: `target_nll - reference_nll` per example (lower = more member-like).
+
+    Both are the per-example mean NLL of the answer with the EOS token included (`loss_score`, i.e. open-unlearning's
+    `avg_loss` from `evaluate_probability`), the second under a reference model that never saw the members (the
+    retain model). Subtracting it removes how hard each answer is in itself, leaving what the target learnt about it;
+    open-unlearning `mia/reference.py` scores `target_loss - ref_loss` with the same orientation.
+    """
+    target = np.asarray(target_nll, dtype=np.float64)
+    reference = np.asarray(reference_nll, dtype=np.float64)
+    if target.shape != reference.shape:
+        raise ValueError(f"reference attack: target scores {target.shape} and reference scores {reference.shape}")
+    return target - reference
 
 
 def mann_whitney_auc(positive: np.ndarray, negative: np.ndarray) -> float:

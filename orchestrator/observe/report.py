@@ -18,6 +18,8 @@ TABLE_ROWS = (
     ("extraction_strength", "forget extraction strength", "down"),
     ("forget_quality", "forget quality (KS p-value)", "up"),
     ("mia_auc", "MIA AUC (forget vs holdout)", ""),
+    ("mia_auc_gradnorm", "MIA AUC, gradient norm (L2)", ""),
+    ("mia_auc_reference", "MIA AUC, reference model", ""),
     ("privacy_leakage", "privacy leakage vs retain model", ""),
     ("retain_rouge_l", "retain ROUGE-L recall", "up"),
     ("retain_probability", "retain probability", "up"),
@@ -25,6 +27,7 @@ TABLE_ROWS = (
     ("model_utility", "model utility", "up"),
     ("fluency", "fluency (n-gram entropy)", "up"),
 )
+PROBE_PREFIX = "probe_"  # summary keys of the probes' headline scores (orchestrator/evaluation/evaluate.py)
 # What write_report reads from summary.json (RunResult's fields), checked before a re-render.
 SUMMARY_KEYS = ("method", "hyperparameters", "before", "after", "seconds", "timings", "forget_size", "world_size",
                 "model_dir")
@@ -48,6 +51,10 @@ def comparison_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for key, label, _ in TABLE_ROWS:
         if key in before or key in after:
             rows.append((label, _fmt(before.get(key)), _fmt(after.get(key)), _fmt(retain.get(key))))
+    # A benchmark's own evaluation sets (MUSE VerbMem / KnowMem, WMDP, MMLU, the embedded hazard questions).
+    for key in sorted({k for k in (*before, *after) if k.startswith(PROBE_PREFIX)}):
+        rows.append((f"{key.removeprefix(PROBE_PREFIX)} (probe)", _fmt(before.get(key)), _fmt(after.get(key)),
+                     _fmt(retain.get(key))))
     return rows
 
 

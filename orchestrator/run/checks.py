@@ -24,6 +24,23 @@ def check_deepspeed(config: ExperimentConfig) -> None:
                           "sets gradients outside the optimizer step); remove train.deepspeed")
 
 
+def check_method_fits_model(config: ExperimentConfig) -> None:
+    """Refuse, before anything is loaded, hyperparameters that name a part the model lacks (RMU on a layer index the
+    model does not have). The depth comes from the model's config (the tiny shape, a config.json on disk or the
+    table of known models); a model whose shape cannot be known offline is left to the run itself."""
+    from orchestrator.models.shapes import resolve_shape
+
+    hparams = methods.validate_hyperparameters(config.method.name, config.method.hparams)
+    try:
+        num_layers = resolve_shape(config).num_layers
+    except ConfigError:
+        return
+    try:
+        hparams.check_model(num_layers)
+    except ValueError as err:
+        raise ConfigError(f"method {config.method.name!r}: {err} (model {config.model.name!r})") from None
+
+
 def check_resources(config: ExperimentConfig, cpus_per_worker: int | None = None, ray_cpus: int | None = None) -> None:
     """Refuse, before anything is prepared or trained, more workers than the Ray cluster has CPUs (or GPUs) for.
 

@@ -21,6 +21,9 @@ from orchestrator.observe.progress import Progress, Steps
 from orchestrator.models.loading import load_tokenizer
 
 REPORT_FILE = "report.json"
+# Bumped when a cached report gains what later evaluations read from it (2: per-example NLL for the reference
+# attack, gradient-norm AUCs, probes).
+REPORT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,22 @@ def load_data(cfg: DataConfig) -> UnlearningData:
         from orchestrator.data.tofu import load_tofu
 
         data = load_tofu(forget_split=f"forget{round(cfg.forget_fraction * 100):02d}", path=cfg.tofu_path)
+    elif cfg.source == "muse":
+        from orchestrator.data.muse import load_muse
+
+        data = load_muse(cfg.muse.corpus, cfg.muse.path, max_chars=cfg.muse.max_chars)
+    elif cfg.source == "wmdp":
+        from orchestrator.data.wmdp import load_wmdp
+
+        w = cfg.wmdp
+        data = load_wmdp(tuple(w.subsets), corpora_path=w.corpora_path, questions_path=w.questions_path,
+                         mmlu_path=w.mmlu_path, mmlu_subjects=w.mmlu_subjects, bio_forget_file=w.bio_forget_file,
+                         max_chars=w.max_chars, max_questions=w.max_questions)
+    elif cfg.source == "hazard":
+        from orchestrator.data.hazard import make_hazard_data
+
+        h = cfg.hazard
+        data = make_hazard_data(seed=h.seed, n_hazard_facts=h.n_hazard_facts, n_neighbour_facts=h.n_neighbour_facts)
     else:
         from orchestrator.data.text_corpus import load_text_corpus
 
@@ -71,6 +90,11 @@ def fingerprint(data: UnlearningData) -> str:
             digest.update(json.dumps([split, example.id, example.question, example.answer,
                                       example.paraphrased_answer, list(example.perturbed_answers),
                                       example.idk_answer]).encode())
+    for probe in data.probes:  # a benchmark's own questions: never trained on, but part of what is evaluated
+        digest.update(json.dumps(["probe", probe.name, probe.kind, probe.role, probe.prefix, probe.max_new_tokens,
+                                  list(probe.stop)]).encode())
+        for item in probe.items:
+            digest.update(json.dumps([item.id, item.prompt, item.target, list(item.choices), item.answer]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -101,7 +125,8 @@ def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progre
     progress(f"data: {data.name}: forget {len(data.forget)}, retain {len(data.retain)}, "
              f"neighbour {len(data.neighbour)}, holdout {len(data.holdout)}, world {len(data.world)} examples")
     settings = eval_settings(config.eval, config.data.max_length)
-    eval_spec = {"eval": config.eval.model_dump(), "data": data_fp, "max_length": config.data.max_length}
+    eval_spec = {"eval": config.eval.model_dump(), "data": data_fp, "max_length": config.data.max_length,
+                 "report": REPORT_VERSION}
 
     if config.model.name == "tiny":
         from orchestrator.models.tiny import build_tiny_models

@@ -21,7 +21,7 @@ from orchestrator.errors import RunError, last_line
 from orchestrator.observe.metrics import record_evaluation
 from orchestrator.observe.training_metrics import TrainingMetricsCallback, tokens_per_step
 from orchestrator.run import state as run_state
-from orchestrator.run.checks import check_deepspeed, check_memory, check_resources
+from orchestrator.run.checks import check_deepspeed, check_memory, check_method_fits_model, check_resources
 from orchestrator.run.job import make_job, worker_settings
 from orchestrator.run.prepare import Prepared, evaluate_dir, eval_settings, load_data, prepare
 from orchestrator.run.ray_session import connect_ray, private_ray_cpus
@@ -97,6 +97,7 @@ def run_unlearning(
     target_dir = str(target) if target is not None else None
     run_name = run_name or run_state.default_run_name(config, target_dir)
     check_deepspeed(config)
+    check_method_fits_model(config)
     # What can be refused without Ray is refused before it starts: a data file that is not there, a hub that cannot
     # be reached, more workers than a private Ray would have, a plan that does not fit.
     data = load_data(config.data) if prepared is None else None

@@ -64,6 +64,11 @@ def run_stream(config: ExperimentConfig, *, requests: str | None = None, follow:
     if cfg.source == "file" and not Path(cfg.requests or "").is_file():
         raise ConfigError(f"stream.requests: no such file {cfg.requests!r}")
     stream_methods = cfg.methods or [StreamMethod(name=config.method.name, hparams=dict(config.method.hparams))]
+    from orchestrator.run.checks import check_method_fits_model
+
+    for method in stream_methods:
+        check_method_fits_model(config.with_overrides(**{"method.name": method.name,
+                                                         "method.hparams": dict(method.hparams)}))
     output = stream_output_dir(config).resolve()
     output.mkdir(parents=True, exist_ok=True)
     with single_writer(output):

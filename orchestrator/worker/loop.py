@@ -97,6 +97,7 @@ class UnlearningWorker:
                                          self.world_size, self.cfg.seed, parts)
         model = self._adapters(model, parts)
         model.train()
+        self.method.restrict_trainable(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = self.method.make_optimizer(trainable, self.cfg.lr, self.cfg.weight_decay) or torch.optim.AdamW(
             trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -177,6 +178,8 @@ class UnlearningWorker:
         self.kept = set(state["kept"]) if state["kept"] is not None else None
         if self.stopper is not None and state.get("early_stop"):
             self.stopper.restore(state["early_stop"])
+        if state.get("method"):
+            self.method.load_method_state(state["method"])
         self.resumed_from_step = self.global_step
         if self.kept is not None:
             self.batches.rows = self.job.rows.keep(self.kept)
@@ -294,7 +297,8 @@ class UnlearningWorker:
             save_train_state(folder, {
                 "epoch": self.epoch, "global_step": self.global_step, "history": self.history,
                 "kept": sorted(self.kept) if self.kept is not None else None,
-                "early_stop": self.stopper.state() if self.stopper else None})
+                "early_stop": self.stopper.state() if self.stopper else None,
+                "method": self.method.method_state()})
             wrote = True
         return bool(wrote)
 

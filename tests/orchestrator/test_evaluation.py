@@ -367,7 +367,8 @@ def test_evaluate_model_end_to_end(tokenizer, unlearning_data):
 
     assert set(report.splits) == {"forget", "retain", "neighbour", "holdout", "world"}
     assert report.splits["retain"].count == 5 and report.splits["forget"].count == 5
-    assert set(report.mia_auc) == set(mia.ATTACKS)
+    assert set(report.mia_auc) == set(mia.ATTACKS) | set(mia.GRADIENT_ATTACKS)  # no reference model yet
+    assert set(report.example_nll) == {"forget", "holdout"} and len(report.example_nll["holdout"]) == 4
     assert len(report.forget_truth_ratios) == 4  # the text passage has no perturbed answers
     assert report.splits["forget"].verbatim_memorisation is not None
     assert report.splits["retain"].verbatim_memorisation is None
@@ -394,7 +395,11 @@ def test_evaluate_model_end_to_end(tokenizer, unlearning_data):
     again = evaluate_model(model, tokenizer, unlearning_data, TEMPLATE, settings, retain_reference=restored)
     assert again.summary["forget_quality"] == pytest.approx(1.0)
     assert again.summary["privacy_leakage"] == pytest.approx(0.0, abs=1e-6)
-    assert set(again.privacy_leakage) == set(mia.ATTACKS)
+    assert set(again.privacy_leakage) == set(mia.ATTACKS) | set(mia.GRADIENT_ATTACKS)
+    # The reference attack against the model itself: every score is 0, every pair a tie, AUC 1/2.
+    assert again.mia_auc[mia.REFERENCE_ATTACK] == pytest.approx(0.5)
+    assert again.summary["mia_auc_reference"] == pytest.approx(0.5)
+    assert again.mia_auc["gradnorm_l2"] == report.mia_auc["gradnorm_l2"] == report.summary["mia_auc_gradnorm"]
 
 
 def test_evaluate_model_without_optional_splits(tokenizer, unlearning_data):
@@ -403,6 +408,7 @@ def test_evaluate_model_without_optional_splits(tokenizer, unlearning_data):
     report = evaluate_model(model, tokenizer, data, TEMPLATE, EvalSettings(max_new_tokens=4))
     assert set(report.splits) == {"forget", "retain"}
     assert report.mia_auc == {} and report.summary["mia_auc"] is None
+    assert report.probes == {} and report.example_nll == {"forget": report.example_nll["forget"]}
     assert report.summary["neighbour_rouge_l"] is None
     assert set(report.summary) == set(
         evaluate_model(model, tokenizer, unlearning_data, TEMPLATE, EvalSettings(max_new_tokens=2)).summary
