@@ -248,6 +248,10 @@ class RMUHyperparameters(Hyperparameters):
                              f"(0..{num_layers - 1})")
         return layer
 
+    def check_model(self, num_layers: int) -> None:
+        """The steered layer must exist: `resolved_layer`'s one-line ValueError otherwise."""
+        self.resolved_layer(num_layers)
+
     def resolved_trainable_patterns(self, num_layers: int) -> list[str]:
         """`trainable_params_regex`, or WMDP's default: the mlp.down_proj weights of layers layer-2..layer.
 

@@ -56,6 +56,9 @@ def _load(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)  # before the imports below: a config error answers without torch, transformers or Ray
+    from orchestrator.run.checks import check_method_fits_model
+
+    check_method_fits_model(config)  # so does a method that names a part the model lacks (the tiny shape is known)
     from orchestrator.observe.report import text_table
     from orchestrator.run.unlearning import run_unlearning
 

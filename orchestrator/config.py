@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 import methods
-from orchestrator.data.config import MUSE_MODELS, DataConfig  # the data section lives beside the data sources
+from orchestrator.data.config import MUSE_MODELS, MUSE_TOKENIZER, DataConfig  # the data section lives beside the data sources
 from orchestrator.errors import ConfigError  # lives below the sections that raise it; importable from here too
 from orchestrator.stream.config import StreamConfig
 from orchestrator.sweep.config import SweepConfig
@@ -188,8 +188,8 @@ class ExperimentConfig(_Section):
     @pydantic.model_validator(mode="before")
     @classmethod
     def _benchmark_models(cls, data: Any) -> Any:
-        """MUSE comes with its own target and retrain models (muse-bench/MUSE-<corpus>_target / _retrain): a MUSE
-        config that names no model unlearns those, as MUSE and the reference framework do."""
+        """MUSE comes with its own target and retrain models (muse-bench/MUSE-<corpus>_target / _retrain, Llama-2's
+        tokenizer): a MUSE config that names no model unlearns those, as MUSE and the reference framework do."""
         if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
             return data
         if data["data"].get("source") != "muse" or (data.get("model") or {}).get("name") is not None:
@@ -201,6 +201,7 @@ class ExperimentConfig(_Section):
         model = dict(data.get("model") or {})
         model["name"], retrain = MUSE_MODELS[corpus]
         model.setdefault("retain_model", retrain)
+        model.setdefault("tokenizer", MUSE_TOKENIZER)
         return {**data, "model": model}
 
     @pydantic.model_validator(mode="after")

@@ -241,3 +241,48 @@ def test_run_on_tofu_without_the_hub_is_refused_before_ray(tmp_path):
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("unlearn: error: could not load the TOFU dataset 'locuslab/TOFU'")
     assert "using a private local Ray" not in err
+
+
+# --- the benchmarks and their methods (issue 29): named in one line before any data or model is loaded -----------
+@pytest.mark.parametrize("yaml_text, message", [
+    ("data:\n  source: muse\n  muse: {corpus: sports}\n", "data.muse.corpus = 'sports': Input should be 'news' or "
+     "'books'"),
+    ("data:\n  source: wmdp\n  wmdp: {subsets: [cyber, physics]}\n", "data.wmdp.subsets.1 = 'physics': Input should "
+     "be 'bio', 'chem' or 'cyber'"),
+])
+def test_an_unknown_benchmark_part_is_one_line(capsys, tmp_path, yaml_text, message):
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml_text)
+    code, err = run_cli(capsys, "run", str(path))
+    assert (code, err) == (2, f"unlearn: error: {path}: {message}\n")
+
+
+def test_rmu_on_a_layer_the_model_lacks_is_one_line_before_any_work(tmp_path):
+    """The embedded tiny model has 4 layers: layer 9 is refused from the model's shape, before data, Ray or a model
+    is touched (no torch, transformers, datasets or ray imported by then)."""
+    code, heavy, _, err = cli_subprocess("run", "--method", "rmu", "--set", "method.hparams.layer=9")
+    assert code == 2 and heavy == []
+    assert err == ("unlearn: error: method 'rmu': RMU layer 9 is out of range: the model has 4 decoder layers "
+                   "(0..3) (model 'tiny')\n")
+
+
+def test_the_gated_wmdp_bio_corpus_without_its_file_is_one_line(capsys, tmp_path):
+    path = tmp_path / "bio.yaml"
+    path.write_text("data:\n  source: wmdp\n  wmdp: {subsets: [bio]}\n")
+    code, err = run_cli(capsys, "run", str(path))
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("unlearn: error: ") and "bio" in err and "gated" in err and "bio_forget_file" in err
+
+
+def test_wmdp_without_the_hub_names_the_data_set(tmp_path):
+    """A real `datasets.load_dataset` with the hub switched off and an empty cache."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "tokenizer_config.json"):
+        (model / name).write_text("{}")
+    config = tmp_path / "wmdp.yaml"
+    config.write_text("data:\n  source: wmdp\n  wmdp: {subsets: [cyber]}\n")
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    code, heavy, _, err = cli_subprocess("eval", str(model), str(config), env=offline)
+    assert code == 2 and "ray" not in heavy and err.count("\n") == 1
+    assert err.startswith("unlearn: error: ") and "cais/wmdp" in err

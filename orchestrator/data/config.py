@@ -11,8 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # MUSE's own target and retrain models, per corpus (huggingface.co/muse-bench): a MUSE config that names no model
 # unlearns these (orchestrator/config.py).
-MUSE_MODELS = {corpus: (f"muse-bench/MUSE-{title}_target", f"muse-bench/MUSE-{title}_retrain")
-               for corpus, title in (("news", "News"), ("books", "Books"))}
+# The hub spells the corpus in lower case (MUSE's README writes MUSE-News_target, which resolves to the same repo).
+MUSE_MODELS = {corpus: (f"muse-bench/MUSE-{corpus}_target", f"muse-bench/MUSE-{corpus}_retrain")
+               for corpus in ("news", "books")}
+MUSE_TOKENIZER = "meta-llama/Llama-2-7b-hf"  # their tokenizer (MUSE `constants.py` LLAMA_DIR); gated
 
 DataSource = Literal["synthetic", "tofu", "text", "muse", "wmdp", "hazard"]
 
@@ -41,8 +43,14 @@ class MuseDataConfig(_Section):
     corpus: Literal["news", "books"] = Field("news", description="MUSE-News (BBC articles) or MUSE-Books (Harry "
                                              "Potter).")
     path: str | None = Field(None, description="HF dataset id or local copy; default muse-bench/MUSE-<corpus>.")
-    max_chars: int = Field(2000, ge=50, description="Documents are cut into passages of at most this many "
+    max_chars: int = Field(1000, ge=50, description="Documents are cut into passages of at most this many "
                            "characters.")
+    retain_split: Literal["retain1", "retain2"] = Field(
+        "retain1", description="The retain set the method is given (MUSE's scripts: retain1; KnowMem's retain "
+        "questions come from retain2).")
+    holdout_source: Literal["privleak", "raw"] = Field(
+        "privleak", description="Non-members of the MIA: privleak/holdout (MUSE's PrivLeak) or raw/holdout.")
+    knowmem_icl: bool = Field(True, description="KnowMem with MUSE's in-context examples (MUSE always uses them).")
 
 
 class WmdpDataConfig(_Section):

@@ -324,6 +324,7 @@ def _summary(
         "mia_auc_gradnorm": mia_auc.get("gradnorm_l2"),
         "mia_auc_reference": mia_auc.get("reference"),
         "privacy_leakage": leak.get(SUMMARY_ATTACK),
+        "privacy_leakage_min_k": leak.get("min_k"),  # MUSE's PrivLeak (as a fraction; MUSE prints it x 100)
         "fluency": get("forget", "fluency"),
         "retain_fluency": get("retain", "fluency"),
         "degenerate_fraction": get("forget", "degenerate_fraction"),

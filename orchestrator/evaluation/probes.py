@@ -4,7 +4,8 @@ benchmark scores them.
 - choice: the log-likelihood of each choice's tokens after the prompt, summed over the choice (lm-eval-harness
   `multiple_choice`, `acc`), and divided by the choice's length in bytes (`acc_norm`). The highest wins.
 - continuation and qa: greedy generation after the prompt (with the probe's prefix: KnowMem's in-context examples),
-  cut at the probe's stop strings, and ROUGE-L against the target: F1 is the headline (MUSE's VerbMem and KnowMem,
+  cut at the probe's stop strings, and ROUGE-L against the target (a continuation's target cut, as MUSE's VerbMem
+  cuts it, to the tokens that could have been generated: `muse.verbmem_reference`): F1 is the headline (MUSE's VerbMem and KnowMem,
   open-unlearning `configs/eval/muse_metrics/*_ROUGE.yaml`: `rouge_type: rougeL_f1`), recall is kept beside it.
 
 Prompts are taken as the benchmark writes them: no prompt template, a BOS token where the tokenizer has one, and
@@ -24,6 +25,7 @@ from orchestrator.data.schema import Probe, ProbeItem
 from orchestrator.data.tokenize import EncodedRow, collate
 from orchestrator.evaluation.generation import generate_from_ids
 from orchestrator.evaluation.likelihood import length_sorted_batches, model_device, pad_token_id
+from orchestrator.evaluation.muse import verbmem_reference
 from orchestrator.evaluation.rouge import rouge_l
 
 DEFAULT_MAX_NEW_TOKENS = 32
@@ -132,7 +134,10 @@ def _generated(model, tokenizer, probe: Probe, batch_size: int, max_length: int,
     texts, _ = generate_from_ids(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=batch_size,
                                  synced=synced)
     texts = [cut_at_stops(t, probe.stop) for t in texts]
-    scores = rouge_l(texts, [item.target for item in probe.items])
+    targets = [item.target for item in probe.items]
+    if probe.kind == "continuation":  # scored against as much of the truth as could have been generated (MUSE)
+        targets = [verbmem_reference(tokenizer, target, max_new) for target in targets]
+    scores = rouge_l(texts, targets)
     f1 = float(np.mean([s.f1 for s in scores]))
     return ProbeResult(probe.name, probe.kind, probe.role, len(probe.items), f1, rouge_l_f1=f1,
                        rouge_l_recall=float(np.mean([s.recall for s in scores])))

@@ -75,6 +75,9 @@ KNOWN_SHAPES: dict[str, ModelShape] = {
     "qwen2.5-7b": ModelShape("Qwen/Qwen2.5-7B", 3584, 28, 28, 4, 18944, 152064, qkv_bias=True),
     "llama-3.1-8b": ModelShape("meta-llama/Llama-3.1-8B", 4096, 32, 32, 8, 14336, 128256),
     "llama-3.2-1b": ModelShape("meta-llama/Llama-3.2-1B", 2048, 16, 32, 8, 8192, 128256, tie_embeddings=True),
+    # Fine-tunes named after their task: MUSE's target and retrain models are Llama-2-7B's, Zephyr is Mistral-7B's.
+    "muse-bench/muse-": ModelShape("muse-bench/MUSE-news_target", 4096, 32, 32, 32, 11008, 32000),
+    "zephyr-7b": ModelShape("HuggingFaceH4/zephyr-7b-beta", 4096, 32, 32, 8, 14336, 32000),
 }
 
 

@@ -60,7 +60,9 @@ def load_data(cfg: DataConfig) -> UnlearningData:
     elif cfg.source == "muse":
         from orchestrator.data.muse import load_muse
 
-        data = load_muse(cfg.muse.corpus, cfg.muse.path, max_chars=cfg.muse.max_chars)
+        m = cfg.muse
+        data = load_muse(m.corpus, m.path, knowmem_icl=m.knowmem_icl, max_chars=m.max_chars,
+                         retain_split=m.retain_split, holdout_source=m.holdout_source)
     elif cfg.source == "wmdp":
         from orchestrator.data.wmdp import load_wmdp
 

@@ -255,9 +255,8 @@ class UnlearningWorker:
         return True
 
     def _refine_forget_set(self) -> bool:
-        """Let the method shrink the forget set (ICU); True when nothing is left to forget."""
-        if not self.job.forget_samples:
-            return False
+        """The method's epoch-end hook: it may shrink the forget set (ICU) or learn from the epoch (PDU's dual
+        variable); True when nothing is left to forget. Only a refining method is given the forget samples."""
         current = {row.index for row in self.batches.rows.forget}
         samples = [s for s in self.job.forget_samples if s.index in current]
         model = self.engine.model

@@ -78,7 +78,8 @@ def test_optimizer_refinement_and_adapters_match_the_profile(tiny_model, batch, 
                                                                    profile.optimizer == "sophia")
 
     overrides_refinement = type(method).on_epoch_end is not UnlearningMethod.on_epoch_end
-    assert overrides_refinement == profile.refines_forget_set
+    # A refining method overrides the hook; others may override it only to count epochs (PDU), returning None.
+    assert overrides_refinement or not profile.refines_forget_set
     assert (method.on_epoch_end(tiny_model, [], []) is not None) == profile.refines_forget_set
 
     adapted = method.init_adapters(tiny_model, [batch["forget"]], [batch["retain"]])

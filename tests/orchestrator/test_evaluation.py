@@ -426,3 +426,34 @@ def test_settings_validation_and_subsample():
     assert [examples.index(e) for e in picked] == sorted(examples.index(e) for e in picked)
     assert picked != subsample(examples, 5, seed=1)
     assert subsample(examples, None) == examples
+
+
+def test_probes_are_scored_as_their_benchmarks_score_them(tokenizer, unlearning_data):
+    """A choice probe's accuracy is the share of items whose right choice has the highest summed log-likelihood
+    (checked against `choice_logprobs` by hand), a generation probe's score its mean ROUGE-L F1; both land in the
+    report and in the summary as probe_<name>, and the probe's items are capped like a split's."""
+    from dataclasses import replace as copy_with
+
+    from orchestrator.data.schema import Probe, ProbeItem
+    from orchestrator.evaluation.probes import choice_accuracy, choice_logprobs
+
+    model = tiny_llama(len(tokenizer), seed=0, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    choices = ("river", "town", "city", "book")
+    items = tuple(ProbeItem(id=f"q{i}", prompt=f"where does {name} live", target=choices[i % 4], choices=choices,
+                            answer=i % 4) for i, name in enumerate("Ada Bo Cy Di Ed Fay".split()))
+    qa = tuple(ProbeItem(id=f"k{i}", prompt=f"Question: who is {name} Answer:", target="the old poem")
+               for i, name in enumerate("Gus Hal Ivy".split()))
+    data = copy_with(unlearning_data, probes=(Probe("hazard", "choice", "forget", items),
+                                              Probe("facts", "qa", "utility", qa, max_new_tokens=4)))
+    settings = EvalSettings(batch_size=4, max_new_tokens=4, max_examples=5)
+    report = evaluate_model(model, tokenizer, data, TEMPLATE, settings)
+
+    kept = subsample(items, 5)  # the probe's items capped by hashed id, as a split's examples
+    scores = choice_logprobs(model, tokenizer, "", kept, batch_size=2, max_length=settings.max_length)
+    by_hand = np.mean([int(np.argmax(s)) == item.answer for s, item in zip(scores, kept)])
+    assert report.probes["hazard"]["count"] == 5
+    assert report.probes["hazard"]["accuracy"] == pytest.approx(by_hand)
+    assert report.summary["probe_hazard"] == report.probes["hazard"]["score"] == pytest.approx(by_hand)
+    assert choice_accuracy([np.array([0.0, -1.0]), np.array([-2.0, -1.0])], [0, 0]) == 0.5
+    assert report.probes["facts"]["kind"] == "qa" and 0.0 <= report.summary["probe_facts"] <= 1.0
+    assert EvalReport.from_dict(json.loads(json.dumps(report.to_dict()))).probes == report.probes
