@@ -5,7 +5,10 @@ target/retain models shared through the cache)
 and prints forget/retain ROUGE-L, forget quality, model utility and MIA AUC, with the foundation's bar: forget
 ROUGE-L at most half the target's, retain ROUGE-L at least 80% of the target's.
 
-    python benchmarks/method_table.py [--methods npo,undial] [--output runs/table] [--set train.epochs=5]
+    python benchmarks/method_table.py [CONFIG] [--methods npo,undial] [--output runs/table] [--set train.epochs=5]
+
+With a config whose data carries probes (`experiments/hazard_rmu.yaml`: the hazardous and the neighbouring questions),
+it also prints each probe before -> after per method.
 """
 
 from __future__ import annotations
@@ -79,9 +82,23 @@ def main() -> int:
               f"{_num(a['model_utility']):>7} {_num(a['mia_auc']):>7} "
               f"{r.timings['train_loop']:7.1f}  {verdict.strip()}")
         table.append({"method": r.method, "before": r.before, "after": a, "verdict": verdict.strip()})
+    _print_probes(rows)
     Path(args.output).mkdir(parents=True, exist_ok=True)
     (Path(args.output) / "table.json").write_text(json.dumps(table, indent=2))
     return 0
+
+
+def _print_probes(rows: list) -> None:
+    """A benchmark's own evaluation sets (the hazard questions, WMDP, MMLU, MUSE's VerbMem and KnowMem): each probe's
+    score before -> after per method (accuracy for four-choice probes, ROUGE-L F1 for generated ones)."""
+    names = sorted(k.removeprefix("probe_") for k in rows[0].before if k.startswith("probe_")) if rows else []
+    if not names:
+        return
+    print("\nprobes, before -> after:")
+    print(f"{'method':10} " + " ".join(f"{n:>22}" for n in names))
+    for r in rows:
+        cells = [f"{_num(r.before[f'probe_{n}'])} -> {_num(r.after[f'probe_{n}'])}" for n in names]
+        print(f"{r.method:10} " + " ".join(f"{c:>22}" for c in cells))
 
 
 def _num(value: float | None, spec: str = ".3f") -> str:

@@ -179,10 +179,10 @@ def load_muse_privleak(corpus: str, path: str | None = None) -> dict[str, tuple[
     return out
 
 
-def load_muse_rows(path: str, config: str, split: str) -> list[dict[str, Any]]:
+def load_muse_rows(path: str, config: str, split: str, path_key: str = "data.muse.path") -> list[dict[str, Any]]:
     """One MUSE split's rows. Any failure to load (no network, gated, no such config or split) and any missing column
-    becomes a one-line ConfigError (a ValueError) naming the data set, config and split, and `data.muse.path`, the key
-    that points the loader at a local copy."""
+    becomes a one-line ConfigError (a ValueError) naming the data set, config and split, and `path_key`, the config
+    key that points the loader at a local copy."""
     import datasets  # heavy; only the loaders need it
 
     columns = MUSE_LAYOUT.get(config, {}).get(split)
@@ -192,7 +192,7 @@ def load_muse_rows(path: str, config: str, split: str) -> list[dict[str, Any]]:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ConfigError(
             f"could not load the MUSE data set {path!r} (config {config!r}, split {split!r}: "
-            f"{type(exc).__name__}: {reason}); without hub access, set data.muse.path to a local copy "
+            f"{type(exc).__name__}: {reason}); without hub access, set {path_key} to a local copy "
             f"(git clone https://huggingface.co/datasets/{_hub_id(path)})"
         ) from exc
     if not rows:

@@ -56,9 +56,10 @@ class StreamConfig(_Section):
     methods: list[StreamMethod] = Field(
         default_factory=list, description="Methods to replay the stream with, one resident run each (the drift "
         "plot has a line per method); empty: the experiment's `method`.")
-    source: Literal["file", "synthetic", "muse_sust", "tofu_nested"] = Field(
+    source: Literal["file", "synthetic", "muse_sust", "muse_scal", "tofu_nested"] = Field(
         "synthetic", description="file: `requests` (JSONL); synthetic: generated; muse_sust: MUSE-News "
-        "`sust` forget_1..4; tofu_nested: TOFU's forget01 < forget05 < forget10 as successive requests.")
+        "`sust` forget_1..4; muse_scal: MUSE-News `scal`'s nested forget_1 < .. < forget_4, each request what its "
+        "split adds; tofu_nested: TOFU's forget01 < forget05 < forget10 as successive requests.")
     requests: str | None = Field(None, description="The JSONL file of requests (source: file).")
     synthetic: SyntheticRequests = Field(default_factory=SyntheticRequests)
     muse_path: str = Field("muse-bench/MUSE-News", description="HF id or local copy of MUSE-News.")

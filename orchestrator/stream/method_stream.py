@@ -90,10 +90,10 @@ class MethodStream:
             return
         if cfg.source == "synthetic":
             listed = synthetic_requests(self.prepared.data, cfg.synthetic)
-        elif cfg.source == "muse_sust":
-            from orchestrator.stream.sources import muse_sust_requests
+        elif cfg.source in ("muse_sust", "muse_scal"):
+            from orchestrator.stream.sources import muse_scal_requests, muse_sust_requests
 
-            listed = muse_sust_requests(cfg.muse_path)
+            listed = (muse_sust_requests if cfg.source == "muse_sust" else muse_scal_requests)(cfg.muse_path)
         else:
             from orchestrator.stream.sources import tofu_nested_requests
 

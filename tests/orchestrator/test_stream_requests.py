@@ -130,6 +130,37 @@ def test_muse_sust_becomes_four_requests_of_inline_texts(monkeypatch):
     assert requests[2].texts == ("news forget_3 0", "news forget_3 1", "news forget_3 2") and not requests[2].items
 
 
+def test_muse_scal_becomes_four_requests_of_what_each_nested_split_adds(monkeypatch):
+    import datasets
+
+    from orchestrator.config import ConfigError
+    from orchestrator.stream.sources import muse_scal_requests
+
+    def fake_load_dataset(path, config, split):
+        assert config == "scal"
+        size = int(split.removeprefix("forget_"))
+        return _Rows([{"text": f"news {i}"} for i in range(2 * size)])  # forget_k: the first 2k articles
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    requests = muse_scal_requests("muse-bench/MUSE-News")
+    assert [r.id for r in requests] == [f"muse-scal-forget_{i}" for i in range(1, 5)]
+    assert requests[0].texts == ("news 0", "news 1") and requests[3].texts == ("news 6", "news 7")
+
+    def not_nested(path, config, split):
+        return _Rows([{"text": f"news {split}"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", not_nested)
+    with pytest.raises(ValueError, match="'forget_2' .* does not contain the previous split: not nested"):
+        muse_scal_requests("muse-bench/MUSE-News")
+
+    def offline(path, config, split):
+        raise ConnectionError("hub unreachable")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ConfigError, match="set stream.muse_path to a local copy"):
+        muse_scal_requests("muse-bench/MUSE-News")
+
+
 def test_tofu_nested_splits_become_requests_for_the_new_authors(monkeypatch):
     import datasets
 
