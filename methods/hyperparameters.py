@@ -252,6 +252,9 @@ class RMUHyperparameters(Hyperparameters):
         """The steered layer must exist: `resolved_layer`'s one-line ValueError otherwise."""
         self.resolved_layer(num_layers)
 
+    def trainable_patterns(self, num_layers: int) -> list[str] | None:
+        return self.resolved_trainable_patterns(num_layers)
+
     def resolved_trainable_patterns(self, num_layers: int) -> list[str]:
         """`trainable_params_regex`, or WMDP's default: the mlp.down_proj weights of layers layer-2..layer.
 

@@ -32,6 +32,12 @@ class Hyperparameters(pydantic.BaseModel):
         """Raise ValueError, in one line, when these hyperparameters name a part the model does not have (RMU's
         layer). Called before any work with the depth from the model's config; the default asks nothing."""
 
+    def trainable_patterns(self, num_layers: int) -> list[str] | None:
+        """Regexes (searched in HF parameter names) of the only parameters the method updates, for a model of
+        `num_layers` blocks (RMU's few MLP weights), so the memory planner counts their gradients and optimizer
+        states alone; None (the default): every parameter trains."""
+        return None
+
 
 @dataclass(frozen=True)
 class LoraAdapters:

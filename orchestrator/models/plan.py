@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import methods
 from methods import MethodProfile, profile
 from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.models.shapes import ModelShape, resolve_shape
@@ -255,6 +256,11 @@ def _state_memory(shape: ModelShape, method: MethodProfile, config: ExperimentCo
     else:
         adapters = 0
     trainable = adapters or params
+    patterns = methods.validate_hyperparameters(config.method.name, config.method.hparams).trainable_patterns(
+        shape.num_layers)
+    if not adapters and patterns is not None:  # the method updates a few parameters only (RMU)
+        trainable = shape.matching_params(patterns)
+        notes.append(f"{method.name} updates {_count(trainable)} parameters ({', '.join(patterns)})")
     # peft keeps adapters in fp32 unless DeepSpeed casts the whole module to its half precision
     trainable_bytes = (d if mixed else 4) if adapters else d
     states = 2  # AdamW: m, v; SophiaG: m, h

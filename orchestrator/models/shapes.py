@@ -54,6 +54,29 @@ class ModelShape:
         heads = 1 if self.tie_embeddings else 2
         return heads * self.embedding_params() + self.num_layers * self.layer_params() + self.hidden_size
 
+    def named_params(self) -> dict[str, int]:
+        """Parameter counts by HF parameter name (model.layers.{i}.self_attn.q_proj.weight, ..., lm_head.weight)."""
+        groups = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn"}
+        out = {"model.embed_tokens.weight": self.embedding_params(), "model.norm.weight": self.hidden_size}
+        for i in range(self.num_layers):
+            for name, (a, b) in self.linear_shapes().items():
+                out[f"model.layers.{i}.{groups.get(name, 'mlp')}.{name}.weight"] = a * b
+            for norm in ("input_layernorm", "post_attention_layernorm"):
+                out[f"model.layers.{i}.{norm}.weight"] = self.hidden_size
+            if self.qkv_bias:
+                for name, width in (("q_proj", self.hidden_size), ("k_proj", self.kv_size), ("v_proj", self.kv_size)):
+                    out[f"model.layers.{i}.self_attn.{name}.bias"] = width
+        if not self.tie_embeddings:
+            out["lm_head.weight"] = self.embedding_params()
+        return out
+
+    def matching_params(self, patterns: list[str]) -> int:
+        """Parameters whose HF name one of the regexes is found in (`re.search`, as methods match them)."""
+        import re
+
+        compiled = [re.compile(p) for p in patterns]
+        return sum(count for name, count in self.named_params().items() if any(c.search(name) for c in compiled))
+
     def lora_params(self, rank: int, target_modules: list[str] | str | None) -> int:
         """Adapter parameters r * (in + out) per adapted Linear. 'all-linear' and None mean every Linear but the
         head (peft's 'all-linear' and FILA's default); names match a module name or its last dotted part."""

@@ -183,3 +183,21 @@ def test_run_refuses_a_plan_that_does_not_fit_before_training():
     too_big = load_config("experiments/tofu_llama2_7b_npo.yaml").with_overrides(**{"train.workers": 1})
     with pytest.raises(ConfigError, match="does not fit .*optimizer states"):
         check_memory(too_big, progress=lambda m: None)
+
+
+def test_a_method_that_trains_a_few_weights_plans_their_states_alone():
+    """RMU on Zephyr (Mistral-7B's shape) trains mlp.down_proj of layers 5-7: 3 x 14336 x 4096 parameters, whose
+    gradients and AdamW states are what the plan counts; the weights and the frozen reference stay whole."""
+    from orchestrator.config import parse_config
+    from orchestrator.models.plan import plan_memory
+    from orchestrator.models.shapes import KNOWN_SHAPES
+
+    shape = KNOWN_SHAPES["zephyr-7b"]
+    assert shape.matching_params([r"layers\.(5|6|7)\.mlp\.down_proj\.weight$"]) == 3 * 14336 * 4096
+    assert sum(shape.named_params().values()) == shape.total_params()
+    config = parse_config({"model": {"name": "HuggingFaceH4/zephyr-7b-beta", "dtype": "bfloat16"},
+                           "method": {"name": "rmu", "hparams": {"layer": 7}}, "train": {"use_gpu": True}})
+    plan = plan_memory(config, device_memory_gib=80.0)
+    assert plan.trainable_params == 3 * 14336 * 4096
+    full = plan_memory(config.with_overrides(**{"method.name": "ga", "method.hparams": {}}), device_memory_gib=80.0)
+    assert full.trainable_params == shape.total_params() and full.total_gib > plan.total_gib
