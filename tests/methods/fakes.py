@@ -12,6 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from methods.numerics import forward_logits, token_mean_nll
+
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
 
@@ -53,3 +55,19 @@ def build():
     import methods
 
     return methods.build
+
+
+def one_sgd_step(method, model, part, lr: float = 0.1):
+    """The loss's gradient, one plain SGD step; returns (forget log-likelihood before, after)."""
+    def log_likelihood() -> float:
+        with torch.no_grad():
+            return -token_mean_nll(forward_logits(model, part), part["labels"]).item()
+
+    before = log_likelihood()
+    loss, _ = method.loss(model, {"forget": part})
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+    return before, log_likelihood()

@@ -21,8 +21,8 @@ import torch
 
 import methods
 from methods.ceu import without_first_answer_tokens
-from methods.numerics import batch_counts, forward_logits, token_mean_nll, with_denominators
-from tests.methods.fakes import LN2, LN3, Bigram, build, part  # noqa: F401  (build is a fixture)
+from methods.numerics import batch_counts, with_denominators
+from tests.methods.fakes import LN2, LN3, Bigram, build, one_sgd_step, part  # noqa: F401  (build is a fixture)
 
 TABLE = [[LN3, 0.0, LN2], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
 CE_A0 = math.log(6) / 3 + 2 * math.log(3) / 3
@@ -70,22 +70,6 @@ def test_profile(build):
     assert build("ceu").hparams.ignore_first_n_answer_tokens == 1  # open-unlearning CEU.yaml
     profile = methods.profile("ceu")
     assert profile.parts == ("forget",) and not profile.needs_reference and profile.full_vocab_part == "forget"
-
-
-def one_sgd_step(method, model, part, lr: float = 0.1):
-    """The loss's gradient, one plain SGD step; returns (forget log-likelihood before, after)."""
-    def log_likelihood() -> float:
-        with torch.no_grad():
-            return -token_mean_nll(forward_logits(model, part), part["labels"]).item()
-
-    before = log_likelihood()
-    loss, _ = method.loss(model, {"forget": part})
-    loss.backward()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.grad is not None:
-                p -= lr * p.grad
-    return before, log_likelihood()
 
 
 def test_one_step_on_tiny_llama_lowers_the_forget_likelihood(build, tiny_model, batch):

@@ -17,8 +17,7 @@ import pytest
 import torch
 
 import methods
-from methods.numerics import forward_logits, token_mean_nll
-from tests.methods.fakes import LN3, Bigram, build, part  # noqa: F401  (build is a fixture)
+from tests.methods.fakes import LN3, Bigram, build, one_sgd_step, part  # noqa: F401  (build is a fixture)
 
 TABLE = [[LN3, 0.0], [0.0, 0.0]]
 P = (3 / 4, 1 / 4, 1 / 2)
@@ -69,22 +68,6 @@ def test_profile_defaults_and_parts(build):
     loss, logs = build("satimp").loss(Bigram(TABLE), batch())
     assert loss.item() == pytest.approx(0.1 * satimp_by_hand(5.0, 1.0) + NLL_R, rel=1e-6)
     assert logs["retain_nll"] == pytest.approx(NLL_R, rel=1e-6)
-
-
-def one_sgd_step(method, model, part, lr: float = 0.1):
-    """The loss's gradient, one plain SGD step; returns (forget log-likelihood before, after)."""
-    def log_likelihood() -> float:
-        with torch.no_grad():
-            return -token_mean_nll(forward_logits(model, part), part["labels"]).item()
-
-    before = log_likelihood()
-    loss, _ = method.loss(model, {"forget": part})
-    loss.backward()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.grad is not None:
-                p -= lr * p.grad
-    return before, log_likelihood()
 
 
 def test_one_step_on_tiny_llama_lowers_the_forget_likelihood(build, tiny_model, batch):

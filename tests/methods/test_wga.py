@@ -19,8 +19,7 @@ import pytest
 import torch
 
 import methods
-from methods.numerics import forward_logits, token_mean_nll
-from tests.methods.fakes import LN3, Bigram, build, part  # noqa: F401  (build is a fixture)
+from tests.methods.fakes import LN3, Bigram, build, one_sgd_step, part  # noqa: F401  (build is a fixture)
 
 TABLE = [[LN3, 0.0], [0.0, 0.0]]
 P = (3 / 4, 1 / 4, 1 / 2)  # the forget tokens' probabilities
@@ -71,22 +70,6 @@ def test_profile_defaults_and_parts(build):
     # alpha 0 reads the forget part only (a batch without retain is enough) and logs no retain term
     _, logs = build("wga", alpha=0.0).loss(Bigram(TABLE), {"forget": batch()["forget"]})
     assert "retain_nll" not in logs
-
-
-def one_sgd_step(method, model, part, lr: float = 0.1):
-    """The loss's gradient, one plain SGD step; returns (forget log-likelihood before, after)."""
-    def log_likelihood() -> float:
-        with torch.no_grad():
-            return -token_mean_nll(forward_logits(model, part), part["labels"]).item()
-
-    before = log_likelihood()
-    loss, _ = method.loss(model, {"forget": part})
-    loss.backward()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.grad is not None:
-                p -= lr * p.grad
-    return before, log_likelihood()
 
 
 def test_one_step_on_tiny_llama_lowers_the_forget_likelihood(build, tiny_model, batch):
