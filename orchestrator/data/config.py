@@ -69,8 +69,20 @@ class WmdpDataConfig(_Section):
     mmlu_subjects: list[str] | None = Field(None, description="MMLU subjects asked; default: all.")
     max_questions: int | None = Field(None, gt=0, description="Cap on the questions of each probe (a "
                                       "deterministic subsample); default: all.")
+    max_documents: int | None = Field(
+        None, gt=0, description="Documents read per corpus; default: all (bio's retain corpus has 60,887). WMDP's "
+        "RMU run reads 150 batches of 4 from each: 600.")
     max_chars: int = Field(2000, ge=50, description="Corpus documents are cut into passages of at most this many "
                            "characters.")
+    min_chars: int = Field(50, ge=0, description="Documents this short or shorter are dropped (WMDP's code: 50).")
+    passages_per_document: int | None = Field(
+        1, gt=0, description="Passages kept from each document (its first ones; WMDP truncates each document); "
+        "null: all.")
+    holdout_fraction: float = Field(0.10, gt=0, lt=1, description="Share of the forget corpus's documents held "
+                                    "out, never trained: the membership-inference non-members.")
+    seed: int = Field(0, description="Seed of the holdout and of the question subsample.")
+    streaming: bool = Field(True, description="Stream the corpora from the hub; false reads a populated datasets "
+                            "cache with no network.")
 
 
 class HazardDataConfig(_Section):
@@ -80,6 +92,15 @@ class HazardDataConfig(_Section):
     seed: int = Field(0, description="Generator seed.")
     n_hazard_facts: int = Field(40, ge=4, description="Facts of the hazardous subfield (the forget corpus).")
     n_neighbour_facts: int = Field(120, ge=4, description="Facts of the neighbouring subfields (the retain corpus).")
+    n_holdout_facts: int | None = Field(None, ge=0, description="Never-trained hazardous facts (MIA non-members); "
+                                        "default: as many as n_hazard_facts.")
+    facts_per_passage: int = Field(4, ge=1, description="Facts per passage (more than 4 needs a larger "
+                                   "data.max_length).")
+    n_neighbour_subfields: int = Field(3, ge=1, le=5, description="Neighbouring subfields (the first is the "
+                                       "hazard's sister).")
+    question_style: Literal["cloze", "question"] = Field(
+        "cloze", description="cloze: the fact's sentence up to its value (what a tiny model's memory shows); "
+        "question: a question about it (knowledge that must transfer).")
 
 
 class DataConfig(_Section):

@@ -69,12 +69,16 @@ def load_data(cfg: DataConfig) -> UnlearningData:
         w = cfg.wmdp
         data = load_wmdp(tuple(w.subsets), corpora_path=w.corpora_path, questions_path=w.questions_path,
                          mmlu_path=w.mmlu_path, mmlu_subjects=w.mmlu_subjects, bio_forget_file=w.bio_forget_file,
-                         max_chars=w.max_chars, max_questions=w.max_questions)
+                         max_chars=w.max_chars, min_chars=w.min_chars, passages_per_document=w.passages_per_document,
+                         max_documents=w.max_documents, holdout_fraction=w.holdout_fraction,
+                         max_questions=w.max_questions, seed=w.seed, streaming=w.streaming)
     elif cfg.source == "hazard":
         from orchestrator.data.hazard import make_hazard_data
 
         h = cfg.hazard
-        data = make_hazard_data(seed=h.seed, n_hazard_facts=h.n_hazard_facts, n_neighbour_facts=h.n_neighbour_facts)
+        data = make_hazard_data(seed=h.seed, n_hazard_facts=h.n_hazard_facts, n_neighbour_facts=h.n_neighbour_facts,
+                                n_holdout_facts=h.n_holdout_facts, facts_per_passage=h.facts_per_passage,
+                                n_neighbour_subfields=h.n_neighbour_subfields, question_style=h.question_style)
     else:
         from orchestrator.data.text_corpus import load_text_corpus
 
