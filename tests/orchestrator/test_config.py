@@ -73,3 +73,15 @@ def test_yaml_round_trip(tmp_path):
     path.write_text(yaml.safe_dump(config.model_dump()))
     assert load_config(path) == config
     assert isinstance(config, ExperimentConfig)
+
+
+def test_a_muse_config_without_a_model_unlearns_muses_own_models():
+    from orchestrator.config import parse_config
+
+    books = parse_config({"data": {"source": "muse", "muse": {"corpus": "books"}}})
+    assert (books.model.name, books.model.retain_model, books.model.tokenizer) == (
+        "muse-bench/MUSE-books_target", "muse-bench/MUSE-books_retrain", "meta-llama/Llama-2-7b-hf")
+    own = parse_config({"data": {"source": "muse"}, "model": {"name": "org/my-target", "retain_model": None}})
+    assert (own.model.name, own.model.retain_model) == ("org/my-target", None)
+    assert parse_config({"data": {"source": "muse"}, "model": {"name": "tiny"}}).model.name == "tiny"
+    assert parse_config({}).model.name == "tiny"  # the embedded default is untouched
