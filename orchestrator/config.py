@@ -156,6 +156,8 @@ class EvalConfig(_Section):
     max_per_split: int = Field(200, gt=0, description="Examples evaluated per split (deterministic subsample).")
     batch_size: int = Field(32, gt=0, description="Evaluation batch size.")
     max_new_tokens: int = Field(48, gt=0, description="Greedy tokens generated per answer.")
+    gradient_mia: bool = Field(True, description="Run the gradient-norm membership attack (one forward and backward "
+                               "per forget and holdout example; skipped where ZeRO-3 holds only a shard).")
 
 
 class RayConfig(_Section):

@@ -40,6 +40,20 @@ def cli_subprocess(*argv: str, env: dict[str, str] | None = None) -> tuple[int, 
     return result["code"], result["heavy"], "\n".join(out), done.stderr
 
 
+def offline(tmp_path: Path) -> dict[str, str]:
+    """The environment of a user without network: the hub switched off, an empty HF cache."""
+    return {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+
+
+def model_folder(tmp_path: Path) -> Path:
+    """A folder that looks like a model to `unlearn eval`, which loads the data before any model."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "tokenizer_config.json"):
+        (model / name).write_text("{}")
+    return model
+
+
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
     try:
         code = main(list(argv))
@@ -160,14 +174,9 @@ def test_report_of_a_damaged_summary(capsys, tmp_path):
 def test_tofu_without_the_hub_names_data_tofu_path(tmp_path):
     """A real `datasets.load_dataset` with the hub switched off and an empty cache: what a user without network
     gets. `unlearn eval` loads the data before any model, so the model folder only needs to look like one."""
-    model = tmp_path / "model"
-    model.mkdir()
-    for name in ("config.json", "tokenizer_config.json"):
-        (model / name).write_text("{}")
     config = tmp_path / "tofu.yaml"
     config.write_text("data:\n  source: tofu\n")
-    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    code, heavy, _, err = cli_subprocess("eval", str(model), str(config), env=offline)
+    code, heavy, _, err = cli_subprocess("eval", str(model_folder(tmp_path)), str(config), env=offline(tmp_path))
     assert code == 2 and "ray" not in heavy
     assert err.startswith("unlearn: error: could not load the TOFU dataset 'locuslab/TOFU' (config 'forget10': ")
     assert err.rstrip("\n").endswith("set data.tofu_path to a local copy "
@@ -276,13 +285,8 @@ def test_the_gated_wmdp_bio_corpus_without_its_file_is_one_line(capsys, tmp_path
 
 def test_wmdp_without_the_hub_names_the_data_set(tmp_path):
     """A real `datasets.load_dataset` with the hub switched off and an empty cache."""
-    model = tmp_path / "model"
-    model.mkdir()
-    for name in ("config.json", "tokenizer_config.json"):
-        (model / name).write_text("{}")
     config = tmp_path / "wmdp.yaml"
     config.write_text("data:\n  source: wmdp\n  wmdp: {subsets: [cyber]}\n")
-    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    code, heavy, _, err = cli_subprocess("eval", str(model), str(config), env=offline)
+    code, heavy, _, err = cli_subprocess("eval", str(model_folder(tmp_path)), str(config), env=offline(tmp_path))
     assert code == 2 and "ray" not in heavy and err.count("\n") == 1
     assert err.startswith("unlearn: error: ") and "cais/wmdp" in err

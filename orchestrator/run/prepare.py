@@ -106,7 +106,7 @@ def fingerprint(data: UnlearningData) -> str:
 
 def eval_settings(cfg: EvalConfig, max_length: int) -> EvalSettings:
     return EvalSettings(max_examples=cfg.max_per_split, batch_size=cfg.batch_size,
-                        max_new_tokens=cfg.max_new_tokens, max_length=max_length)
+                        max_new_tokens=cfg.max_new_tokens, max_length=max_length, gradient_mia=cfg.gradient_mia)
 
 
 def evaluate_dir(model_dir: str | Path, tokenizer, data: UnlearningData, template: PromptTemplate,

@@ -16,7 +16,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from orchestrator.data.schema import Example, UnlearningData
@@ -27,6 +26,7 @@ from orchestrator.evaluation.generation import generate_answers, reference_text
 from orchestrator.evaluation.likelihood import score_alternatives, score_answers
 from orchestrator.evaluation.rouge import mean_rouge_l_recall, rouge_l, rouge_l_recall
 from orchestrator.models.loading import tiny_llama
+from tests.word_tokenizer import word_tokenizer
 
 LN2 = math.log(2.0)
 TEMPLATE = PromptTemplate()
@@ -49,15 +49,7 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer trained on the test words: <pad>=0, <s>=1, </s>=2, <unk>=3."""
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"])
-    tok.train_from_iterator([" ".join(WORDS)], trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    assert (hf.pad_token_id, hf.bos_token_id, hf.eos_token_id, hf.unk_token_id) == (0, 1, 2, 3)
-    return hf
+    return word_tokenizer(WORDS)
 
 
 class UnigramLM(torch.nn.Module):

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from orchestrator.data.schema import Example
@@ -23,6 +22,7 @@ from orchestrator.evaluation import mia
 from orchestrator.evaluation.gradient_mia import gradient_norm_scores, trainable_parameters
 from orchestrator.evaluation.likelihood import encode_rows
 from orchestrator.models.loading import tiny_llama
+from tests.word_tokenizer import word_tokenizer
 
 TEMPLATE = PromptTemplate()
 NAMES = "Ada Bo Cy Di Ed Fay Gus Hal Ivy Jo Kim Lu Mo Ned Oz Pia".split()
@@ -34,15 +34,7 @@ WORDS = "Question: Answer: who is where does live the of in and a likes".split()
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the test words: <pad>=0, <s>=1, </s>=2, <unk>=3."""
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"])
-    tok.train_from_iterator([" ".join(WORDS)], trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    assert (hf.pad_token_id, hf.bos_token_id, hf.eos_token_id) == (0, 1, 2)
-    return hf
+    return word_tokenizer(WORDS)
 
 
 def person(i: int, rng: np.random.Generator) -> Example:
