@@ -16,6 +16,8 @@ from orchestrator.run.resident import ResidentWorkers
 from orchestrator.run.unlearning import run_unlearning
 from tests.tiny_run import tiny_run
 
+pytestmark = pytest.mark.usefixtures("isolated_cache_and_ray")
+
 HAZARD = tiny_run(
     model={"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "vocab_size": 300},
            "finetune": {"max_epochs": 10, "check_every": 10, "batch_size": 32}},
