@@ -14,13 +14,14 @@ TensorBoard logs), `trials/<trial id>/` (each run's `summary.json` and report), 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from orchestrator.config import ConfigError, ExperimentConfig, parse_config
 from orchestrator.sweep import space
@@ -31,6 +32,8 @@ from orchestrator.observe.progress import Progress
 CONFIG_FILE = "sweep_config.json"
 SESSIONS_FILE = "sweep_sessions.json"
 TUNE_DIR = "tune"
+# Tune refuses a result that lacks a searcher's metric unless this is 1 (ray/tune/execution/tune_controller.py).
+STRICT_METRICS = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 # The trial's driver only waits on Ray Train, whose workers hold the CPUs: it asks for no CPU (Tune's default is 1,
 # which on a 2-CPU machine would leave no CPU for the workers). Tune refuses an empty request, so it asks for one
 # byte of Ray's logical "memory" resource instead, which every node has.
@@ -151,7 +154,8 @@ def _run(config: ExperimentConfig, folder: Path, resume: bool, progress: Progres
             # Tune's own reporter is silent (`verbose=0`): this table (at a terminal) and one line per finished
             # trial (`orchestrator/sweep/monitor.py`) take its place.
             board = SweepBoard(name, total)
-            with watch(board, progress if mode != "off" else None), LiveTable(board.table, mode):
+            with watch(board, progress if mode != "off" else None), LiveTable(board.table, mode), \
+                    final_objectives_only(sweep.search == "optuna"):
                 grids.append(tuner.fit())
             progress(f"study {name!r}: {len(grids[-1])} trials in {time.perf_counter() - study_started:.0f} s")
     finally:  # an interrupted session's time counts too: the sweep's wall time is the sum over its sessions
@@ -160,6 +164,25 @@ def _run(config: ExperimentConfig, folder: Path, resume: bool, progress: Progres
     trials = [_trial_record(r) for grid in grids for r in grid]
     summary, summary_path, report_path = write_sweep_report(config, folder, trials, defaults, slots, sessions)
     return SweepResult(folder, summary, summary_path, report_path)
+
+
+@contextlib.contextmanager
+def final_objectives_only(active: bool) -> Iterator[None]:
+    """Let a study's searcher read its objectives from the trial's final report alone (Tune checks every report for
+    them). A trial's training reports carry losses; its efficacy and utility come with the final one, and
+    multi-objective Optuna reads only that (`OptunaSearch.on_trial_result` skips intermediate results)."""
+    if not active:
+        yield
+        return
+    before = os.environ.get(STRICT_METRICS)
+    os.environ[STRICT_METRICS] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(STRICT_METRICS, None)
+        else:
+            os.environ[STRICT_METRICS] = before
 
 
 def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str], defaults: dict[str, Any],
@@ -189,7 +212,10 @@ def _tuner(config: ExperimentConfig, folder: Path, name: str, members: list[str]
 
         (method,) = members
         param_space = space.optuna_space(sweep, method)
-        search_alg = OptunaSearch(metric=["efficacy", "utility"], mode=["max", "max"],
+        from orchestrator.sweep.analysis import EFFICACY_KEYS
+
+        # The two objectives under the names the trials report them (rouge_efficacy or forget_quality, utility).
+        search_alg = OptunaSearch(metric=[EFFICACY_KEYS[sweep.efficacy], "utility"], mode=["max", "max"],
                                   points_to_evaluate=space.optuna_start_points(sweep, method, defaults[method]),
                                   seed=0)
         num_samples = sweep.num_samples * len(sweep.seeds)

@@ -136,6 +136,24 @@ def check_small_sweep(folder: Path, trial_workers: str) -> dict:
 
 
 @pytest.mark.slow
+def test_an_optuna_sweep_runs_to_its_end(tmp_path):
+    """TPE on two objectives, named as the trials report them (it once asked for 'efficacy', which no trial
+    reports, and Tune stopped the study at the first result)."""
+    from orchestrator.config import parse_config
+    from orchestrator.sweep.driver import run_sweep
+
+    raw = small_sweep(tmp_path, {"npo": {"space": {"lr": {"loguniform": [1e-5, 1e-3]}, "beta": {"uniform": [0.05,
+                                                                                                            0.5]}}}}, 2)
+    config = parse_config({**raw, "sweep": {**raw["sweep"], "search": "optuna", "num_samples": 3}})
+    run_sweep(config, progress=lambda m: None)
+    summary = json.loads((tmp_path / "sweep_summary.json").read_text())
+    assert summary["status"] == {"complete": 3}
+    for trial in summary["trials"]:
+        assert 1e-5 <= trial["params"]["lr"] <= 1e-3 and 0.05 <= trial["params"]["beta"] <= 0.5
+        assert trial["rouge_efficacy"] is not None and trial["utility"] is not None
+
+
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     from ray.tune import ExperimentAnalysis
 
