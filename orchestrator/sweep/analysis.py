@@ -5,7 +5,10 @@ is a dict with at least `method`, `params` (the swept values), `seed`, and the m
 
 The measures:
 - *forget efficacy*: `rouge_efficacy` = 1 - forget ROUGE-L / the target's forget ROUGE-L (0: nothing forgotten,
-  1: no answer reproduced), or `forget_quality` (TOFU's KS-test p-value against the retain model, higher better);
+  1: no answer reproduced), or `forget_quality` (TOFU's KS-test p-value against the retain model, higher better),
+  or `retain_efficacy`: forget ROUGE-L measured against the retain model's, the model that never saw the forget set
+  (`efficacy_against_retain`: 1 at the retain model's level, falling on either side of it, so that forgetting past
+  the gold standard, which membership inference then detects, costs score instead of earning it);
 - *model utility*: `utility` = model utility / the target's (1: unchanged);
 - *trade-off score*: the harmonic mean of efficacy and utility, each clipped to [0, 1]: high only when both are
   (destroying the model for full efficacy, or keeping it untouched, both score low).
@@ -18,11 +21,30 @@ import json
 import math
 from typing import Any, Iterable, Sequence
 
-EFFICACY_KEYS = {"forget_rouge_l": "rouge_efficacy", "forget_quality": "forget_quality"}
+# sweep.efficacy -> the trial metric it ranks on, and the trade-off score built from it.
+EFFICACY_KEYS = {"forget_rouge_l": "rouge_efficacy", "forget_quality": "forget_quality",
+                 "retain_model": "retain_efficacy"}
+SCORE_KEYS = {"forget_rouge_l": "score", "forget_quality": "score_forget_quality", "retain_model": "score_retain"}
 
 
-def trial_metrics(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float | None]:
-    """A trial's efficacy and utility from the target's (`before`) and the unlearned model's (`after`) summaries."""
+def efficacy_against_retain(target: float | None, retain: float | None, after: float | None) -> float | None:
+    """Forget efficacy of a metric that unlearning lowers (forget ROUGE-L), with the retain model as the goal.
+
+    From the target's value T down to the retain model's R it rises linearly from 0 to 1, (T - A) / (T - R); below
+    R it falls linearly back to 0 at A = 0, 1 - (R - A) / R: a model that forgot more than one that never saw the
+    data is as far from the goal as one that forgot too little. None when a value is missing or T <= R (nothing
+    to forget by this measure)."""
+    if target is None or retain is None or after is None or not target > retain:
+        return None
+    if after >= retain:
+        return min(max((target - after) / (target - retain), 0.0), 1.0)
+    return 1.0 - (retain - after) / retain if retain > 0 else 1.0
+
+
+def trial_metrics(before: dict[str, Any], after: dict[str, Any],
+                  retain: dict[str, Any] | None = None) -> dict[str, float | None]:
+    """A trial's efficacy and utility from the target's (`before`), the unlearned model's (`after`) and, where there
+    is one, the retain model's (`retain`) summaries."""
     def ratio(key: str) -> float | None:
         b, a = before.get(key), after.get(key)
         return None if a is None or not b else a / b
@@ -30,11 +52,15 @@ def trial_metrics(before: dict[str, Any], after: dict[str, Any]) -> dict[str, fl
     forget_left = ratio("forget_rouge_l")
     utility = ratio("model_utility")
     rouge_efficacy = None if forget_left is None else 1.0 - forget_left
-    return {"rouge_efficacy": rouge_efficacy, "forget_quality": after.get("forget_quality"), "utility": utility,
+    retain_efficacy = efficacy_against_retain(before.get("forget_rouge_l"), (retain or {}).get("forget_rouge_l"),
+                                              after.get("forget_rouge_l"))
+    return {"rouge_efficacy": rouge_efficacy, "forget_quality": after.get("forget_quality"),
+            "retain_efficacy": retain_efficacy, "utility": utility,
             "forget_rouge_l": after.get("forget_rouge_l"), "retain_rouge_l": after.get("retain_rouge_l"),
             "model_utility": after.get("model_utility"), "mia_auc": after.get("mia_auc"),
             "score": tradeoff_score(rouge_efficacy, utility),
-            "score_forget_quality": tradeoff_score(after.get("forget_quality"), utility)}
+            "score_forget_quality": tradeoff_score(after.get("forget_quality"), utility),
+            "score_retain": tradeoff_score(retain_efficacy, utility)}
 
 
 def tradeoff_score(efficacy: float | None, utility: float | None) -> float | None:

@@ -103,9 +103,10 @@ class SweepConfig(_Section):
         "what one trial's workers take.")
     cpus_per_worker: int = Field(1, gt=0, description="train.cpus_per_worker of every trial when train leaves it "
                                  "unset (a trial's driver itself takes no CPU).")
-    efficacy: Literal["forget_rouge_l", "forget_quality"] = Field(
+    efficacy: Literal["forget_rouge_l", "forget_quality", "retain_model"] = Field(
         "forget_rouge_l", description="The forget efficacy the robustness figures use: 1 - forget ROUGE-L / the "
-        "target's, or TOFU forget quality (KS-test p-value). Both fronts are always reported.")
+        "target's, TOFU forget quality (KS-test p-value), or forget ROUGE-L against the retain model's (1 at its "
+        "level, less on either side: over-unlearning costs score). Every front is always reported.")
     tolerance: float = Field(0.05, gt=0, description="A cell is 'near the best' when its mean trade-off score is "
                              "within this (absolute) of the method's best cell.")
     asha: AshaConfig | None = Field(None, description="Early stopping; null: every trial runs to the end.")

@@ -77,6 +77,9 @@ def check_sweep(config: ExperimentConfig) -> int:
         raise ConfigError("sweep.trial_workers=resident runs plain PyTorch engines only (DeepSpeed keeps "
                           "process-wide state between engines); use trial_workers: per_trial (or auto) with "
                           "train.deepspeed")
+    if config.sweep.efficacy == "retain_model" and config.model.name != "tiny" and not config.model.retain_model:
+        raise ConfigError("sweep.efficacy=retain_model measures forgetting against the retain model: set "
+                          "model.retain_model (a model fine-tuned without the forget set)")
     return space.check_budget(config.sweep, {m: train_defaults(config, m) for m in config.sweep.methods})
 
 
@@ -255,8 +258,8 @@ def _trial_record(result) -> dict[str, Any]:
     cell = result.config["cell"]
     # No final report: stopped early by ASHA, or cut short by an interruption (then `--resume` runs it again).
     status = "error" if result.error else ("complete" if metrics.get("final") else "incomplete")
-    keep = ("rouge_efficacy", "forget_quality", "utility", "forget_rouge_l", "retain_rouge_l", "model_utility",
-            "mia_auc", "score", "score_forget_quality", "seconds", "step", "train_lr", "train_epochs", "slot",
+    keep = ("rouge_efficacy", "forget_quality", "retain_efficacy", "utility", "forget_rouge_l", "retain_rouge_l",
+            "model_utility", "mia_auc", "score", "score_forget_quality", "score_retain", "seconds", "step", "train_lr", "train_epochs", "slot",
             "slot_group_starts")
     record = {"trial_id": metrics.get("trial_id") or Path(result.path).name, "method": cell["method"],
               "params": dict(cell["params"]), "seed": result.config["seed"], "status": status,

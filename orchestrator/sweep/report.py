@@ -17,10 +17,13 @@ from orchestrator.sweep.space import method_defaults, same_params
 SUMMARY_FILE = "sweep_summary.json"
 REPORT_FILE = "sweep_report.md"
 PLOTS_DIR = "plots"
-EFFICACIES = {"rouge_efficacy": "1 - forget ROUGE-L / target's", "forget_quality": "forget quality (KS p-value)"}
+EFFICACIES = {"rouge_efficacy": "1 - forget ROUGE-L / target's", "forget_quality": "forget quality (KS p-value)",
+              "retain_efficacy": "forget ROUGE-L against the retain model's"}
 DEFINITIONS = {
     "rouge_efficacy": "forget efficacy = 1 - (forget ROUGE-L recall after) / (the target's forget ROUGE-L recall)",
     "forget_quality": "forget efficacy = TOFU forget quality: KS-test p-value of truth ratios vs the retain model",
+    "retain_efficacy": "forget efficacy against the retain model (R, its forget ROUGE-L; T, the target's): "
+                       "(T - after) / (T - R) down to R, then 1 - (R - after) / R below it (over-unlearning)",
     "utility": "utility = (model utility after) / (the target's model utility); 1 = unchanged",
     "score": "trade-off score = harmonic mean of efficacy and utility, each clipped to [0, 1]",
     "near_best": "share of a method's cells (mean over seeds) whose score is within the tolerance of its best cell",
@@ -43,8 +46,7 @@ def build_summary(config: ExperimentConfig, trials: Sequence[dict[str, Any]], de
     for t in trials:
         t = dict(t)
         t["efficacy"] = t.get(primary)
-        if sweep.efficacy == "forget_quality":
-            t["score"] = t.get("score_forget_quality")
+        t["score"] = t.get(analysis.SCORE_KEYS[sweep.efficacy])
         t["is_default"] = same_params(t["params"], default_params[t["method"]])
         records.append(t)
     done = [t for t in records if t["status"] == "complete" and t.get("score") is not None]

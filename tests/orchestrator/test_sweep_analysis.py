@@ -108,3 +108,27 @@ def test_sweep_metrics_callback_counts_trials_and_keeps_the_best():
     monitor.on_trial_error(0, [], c)
     assert (monitor.running, monitor.done, monitor.failed) == ({"b"}, {"a"}, {"c"})
     assert monitor.best == {"score": 0.7, "model_utility": 0.9}
+
+
+def test_efficacy_against_the_retain_model_by_hand():
+    """Target 0.9, retain model 0.5: 0.9 -> 0, 0.7 -> 0.5, 0.5 -> 1 (the goal), 0.25 -> 1 - 0.25/0.5 = 0.5, 0 -> 0."""
+    from orchestrator.sweep.analysis import efficacy_against_retain
+
+    for after, expected in ((0.9, 0.0), (0.95, 0.0), (0.7, 0.5), (0.5, 1.0), (0.25, 0.5), (0.0, 0.0)):
+        assert efficacy_against_retain(0.9, 0.5, after) == pytest.approx(expected), after
+    assert efficacy_against_retain(0.9, None, 0.3) is None and efficacy_against_retain(0.4, 0.5, 0.3) is None
+    assert efficacy_against_retain(0.9, 0.0, 0.0) == 1.0  # a retain model that recalls nothing: 0 is the goal
+
+
+def test_an_over_unlearned_model_ranks_below_the_one_closest_to_the_retain_model():
+    """Two trials with the same utility: one forgets down to the retain model's forget ROUGE-L (0.54), the other
+    wipes the forget set out (0.0). The target-relative score prefers the wipe; the retain-relative one does not."""
+    from orchestrator.sweep.analysis import trial_metrics
+
+    before, retain = {"forget_rouge_l": 0.99, "model_utility": 0.5}, {"forget_rouge_l": 0.54}
+    close = trial_metrics(before, {"forget_rouge_l": 0.54, "model_utility": 0.45}, retain)
+    wiped = trial_metrics(before, {"forget_rouge_l": 0.0, "model_utility": 0.45}, retain)
+    assert wiped["score"] > close["score"]  # today's definition rewards going past the retain model
+    assert close["retain_efficacy"] == pytest.approx(1.0) and wiped["retain_efficacy"] == pytest.approx(0.0)
+    assert close["score_retain"] > wiped["score_retain"] == 0.0
+    assert trial_metrics(before, {"forget_rouge_l": 0.3, "model_utility": 0.45})["retain_efficacy"] is None

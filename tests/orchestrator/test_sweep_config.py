@@ -185,3 +185,29 @@ def test_resuming_a_sweep_whose_saved_experiment_is_cut_short_names_the_file_and
     with pytest.raises(ConfigError, match=f"{saved} cannot be read") as err:
         resume_sweep(tmp_path, progress=lambda m: None)
     assert "\n" not in str(err.value) and saved.read_text().startswith('{"name"')
+
+
+def test_a_sweep_can_rank_on_efficacy_against_the_retain_model():
+    """GA wipes the forget set (rouge_efficacy 1.0) past the retain model (retain_efficacy 0.2); NPO stops at the
+    retain model's level (0.6, 1.0). Ranked on the target (the default) GA's cell wins its score; ranked on the
+    retain model NPO's does, and the report names the measure it ranks on and shows every front."""
+    from orchestrator.sweep.analysis import tradeoff_score
+    from orchestrator.sweep.report import build_summary, markdown
+
+    raw = {"methods": {"ga": {"space": {"lr": {"grid": [1e-4]}}}, "npo": {"space": {"lr": {"grid": [1e-4]}}}}}
+    points = {"ga": (1.0, 0.2, 0.8), "npo": (0.6, 1.0, 0.8)}  # rouge_efficacy, retain_efficacy, utility
+    trials = [{"trial_id": m, "method": m, "params": {"lr": 1e-4}, "seed": 0, "status": "complete",
+               "rouge_efficacy": e, "retain_efficacy": r, "forget_quality": None, "utility": u,
+               "score": tradeoff_score(e, u), "score_retain": tradeoff_score(r, u), "score_forget_quality": None,
+               "seconds": 1.0, "timings": {"train_loop": 1.0, "evaluate": 0.0}} for m, (e, r, u) in points.items()]
+    for efficacy, winner in (("forget_rouge_l", "ga"), ("retain_model", "npo")):
+        config = parse_config({"sweep": {**raw, "efficacy": efficacy}})
+        defaults = {m: train_defaults(config, m) for m in ("ga", "npo")}
+        summary = build_summary(config, trials, defaults, slots=1, sessions=[{"wall_seconds": 2.0}])
+        best = {m: summary["robustness"][m]["best"] for m in ("ga", "npo")}
+        assert max(best, key=best.get) == winner, efficacy
+        text = markdown(summary, [])
+        assert "retain_efficacy" in summary["pareto"] and "forget ROUGE-L against the retain model's" in text
+    assert "use **retain_efficacy** as forget efficacy" in text
+    with pytest.raises(ConfigError, match="sweep.efficacy=retain_model .* set model.retain_model"):
+        check_sweep(parse_config({"model": {"name": "org/target"}, "sweep": {**raw, "efficacy": "retain_model"}}))
