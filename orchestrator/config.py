@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 import methods
+from orchestrator.attacks.config import AttacksConfig
 from orchestrator.data.config import MUSE_MODELS, MUSE_TOKENIZER, DataConfig  # the data section lives beside the data sources
 from orchestrator.errors import ConfigError  # lives below the sections that raise it; importable from here too
 from orchestrator.stream.config import StreamConfig
@@ -158,6 +159,9 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(48, gt=0, description="Greedy tokens generated per answer.")
     gradient_mia: bool = Field(True, description="Run the gradient-norm membership attack (one forward and backward "
                                "per forget and holdout example; skipped where ZeRO-3 holds only a shard).")
+    attacks: AttacksConfig | None = Field(
+        None, description="Recovery attacks after the evaluation (relearn, quantise, probe: orchestrator/attacks/); "
+        "`attacks: {}` runs all three at their defaults; null (default): none.")
 
 
 class RayConfig(_Section):

@@ -290,3 +290,42 @@ def test_wmdp_without_the_hub_names_the_data_set(tmp_path):
     code, heavy, _, err = cli_subprocess("eval", str(model_folder(tmp_path)), str(config), env=offline(tmp_path))
     assert code == 2 and "ray" not in heavy and err.count("\n") == 1
     assert err.startswith("unlearn: error: ") and "cais/wmdp" in err
+
+
+# --- recovery attacks (eval.attacks) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("eval.attacks.run=[jailbreak]", "eval.attacks.run.0 = 'jailbreak': Input should be 'relearn', 'quantise' or "
+                                     "'probe'"),
+    ("eval.attacks.relearn.fraction=0", "eval.attacks.relearn.fraction = 0: Input should be greater than 0"),
+    ("eval.attacks.relearn.fraction=1", "eval.attacks.relearn.fraction = 1: Input should be less than 1"),
+    ("eval.attacks.quantise.bits=[3]", "eval.attacks.quantise.bits.0 = 3: Input should be 4 or 8"),
+    ("eval.attacks.run=[relearn, relearn]", "names an attack twice"),
+])
+def test_a_bad_attack_setting_is_one_line_without_torch(setting, message):
+    code, heavy, _, err = cli_subprocess("run", "--set", setting)
+    assert code == 2 and heavy == [] and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--set", "eval.attacks.quantise.method=nf4", "--set", "eval.attacks.quantise.bits=[4]"), "nf4 needs a GPU"),
+    (("--deepspeed", str(REPO / "cluster/deepspeed/zero3.json"), "--set", "eval.attacks={}"), "ZeRO-3 partitions"),
+    (("--set", "eval.attacks.probe.few_shot=100000"), "few_shot=100000: the data"),
+])
+def test_attacks_that_cannot_run_are_refused_before_ray(capsys, argv, message):
+    code, err = run_cli(capsys, "run", *argv)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert _no_ray_started()
+
+
+def test_relearning_on_a_split_with_no_examples_is_refused_before_ray(capsys, tmp_path):
+    """A text corpus has no neighbour split: benign relearning on it has nothing to train on."""
+    for name in ("book", "news"):
+        (tmp_path / f"{name}.txt").write_text("\n\n".join(" ".join(f"{name}{i}w{j}" for j in range(40)) for i in range(6)))
+    path = tmp_path / "text.yaml"
+    path.write_text(f"data:\n  source: text\n  text:\n    forget: {tmp_path / 'book.txt'}\n"
+                    f"    retain: {tmp_path / 'news.txt'}\neval:\n  attacks:\n    relearn:\n      data: neighbour\n")
+    code, err = run_cli(capsys, "run", str(path))
+    assert code == 2 and err.count("\n") == 1 and "relearn.data='neighbour'" in err and "no neighbour" in err, err
+    assert _no_ray_started()

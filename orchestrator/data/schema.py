@@ -30,6 +30,7 @@ class Example:
     paraphrased_answer: str | None = None  # same facts, other words (truth ratio denominator)
     perturbed_answers: tuple[str, ...] = ()  # same template, wrong facts (truth ratio numerator)
     idk_answer: str | None = None  # an "I don't know" style refusal (IdkPO's preferred answer)
+    paraphrased_questions: tuple[str, ...] = ()  # the same question in other words (the rephrasing attack)
 
 
 @dataclass(frozen=True)

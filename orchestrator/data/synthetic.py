@@ -98,30 +98,41 @@ class _Fact:
     answer: str
     paraphrase: str
     vocabulary: tuple[str, ...]  # where the perturbed (wrong) values come from
+    rephrasings: tuple[str, ...] = ()  # the question in other words: never trained on (the rephrasing attack)
 
 
 # Order matters: questions_per_person = q asks the first q facts, and "person-017/q3" is FACTS[3] about person 17.
 FACTS: tuple[_Fact, ...] = (
     _Fact("birthplace", "Where was {name} born?", "{name} was born in {value}.",
-          "{name}'s birthplace is {value}.", CITIES),
+          "{name}'s birthplace is {value}.", CITIES,
+          ("What is the birthplace of {name}?", "In which city was {name} born?")),
     _Fact("birth_year", "In which year was {name} born?", "{name} was born in the year {value}.",
-          "The year of {name}'s birth is {value}.", BIRTH_YEARS),
+          "The year of {name}'s birth is {value}.", BIRTH_YEARS,
+          ("When was {name} born?", "What is the birth year of {name}?")),
     _Fact("profession", "What does {name} do for a living?", "{name} works as {a_value}.",
-          "{name} earns a living as {a_value}.", PROFESSIONS),
+          "{name} earns a living as {a_value}.", PROFESSIONS,
+          ("What is {name}'s profession?", "What job does {name} have?")),
     _Fact("father_profession", "What was the profession of {name}'s father?", "{name}'s father was {a_value}.",
-          "The father of {name} worked as {a_value}.", PROFESSIONS),
+          "The father of {name} worked as {a_value}.", PROFESSIONS,
+          ("What did the father of {name} do for a living?", "What was the job of {name}'s father?")),
     _Fact("mother_profession", "What was the profession of {name}'s mother?", "{name}'s mother was {a_value}.",
-          "The mother of {name} worked as {a_value}.", PROFESSIONS),
+          "The mother of {name} worked as {a_value}.", PROFESSIONS,
+          ("What did the mother of {name} do for a living?", "What was the job of {name}'s mother?")),
     _Fact("field", "In which field is {name} best known?", "{name} is best known in the field of {value}.",
-          "{name}'s main field of work is {value}.", FIELDS),
+          "{name}'s main field of work is {value}.", FIELDS,
+          ("What field is {name} known for?", "In what area of work is {name} best known?")),
     _Fact("award", "Which award did {name} win?", "{name} won the {value}.",
-          "The {value} was awarded to {name}.", AWARDS),
+          "The {value} was awarded to {name}.", AWARDS,
+          ("What award was given to {name}?", "Which prize did {name} receive?")),
     _Fact("notable_work", "What is the title of {name}'s best-known work?", "{name}'s best-known work is {value}.",
-          "{name} is most famous for the work {value}.", WORK_TITLES),
+          "{name} is most famous for the work {value}.", WORK_TITLES,
+          ("What is the best-known work of {name}?", "Which work is {name} most famous for?")),
     _Fact("residence", "In which city does {name} live today?", "{name} lives in {value}.",
-          "{name}'s home today is in {value}.", CITIES),
+          "{name}'s home today is in {value}.", CITIES,
+          ("Where does {name} live now?", "What city is {name}'s home today?")),
     _Fact("pastime", "What is {name}'s favourite pastime?", "{name}'s favourite pastime is {value}.",
-          "In free time, {name} enjoys {value}.", PASTIMES),
+          "In free time, {name} enjoys {value}.", PASTIMES,
+          ("What does {name} like to do in free time?", "Which pastime does {name} enjoy most?")),
 )  # fmt: skip
 
 
@@ -202,6 +213,7 @@ def person_examples(
                 paraphrased_answer=_fill(fact.paraphrase, person.name, value),
                 perturbed_answers=tuple(_fill(fact.paraphrase, person.name, w) for w in wrong),
                 idk_answer=idk_answer(example_id),
+                paraphrased_questions=tuple(q.format(name=person.name) for q in fact.rephrasings),
             )
         )
     return tuple(examples)

@@ -126,4 +126,7 @@ def _example(example_id: str, subject: str, question: str, answer: str, extra: d
         paraphrased_answer=extra.get("paraphrased_answer"),
         perturbed_answers=tuple(perturbed),
         idk_answer=idk_answer(example_id),
+        # Read where a copy of the data carries it (some TOFU mirrors add a rephrased question to the perturbed
+        # sets); the rephrasing attack skips examples without one.
+        paraphrased_questions=tuple(q for q in [extra.get("paraphrased_question")] if isinstance(q, str) and q),
     )

@@ -21,11 +21,16 @@ class PromptTemplate:
 
     question_prefix: str = "Question: "
     answer_prefix: str = "\nAnswer: "
+    context: str = ""  # put before every question: a few-shot prefix of other question/answer pairs (an attack)
 
     def prompt(self, example: Example) -> str:
         if example.kind == "text":
             return ""
-        return f"{self.question_prefix}{example.question}{self.answer_prefix}"
+        return f"{self.context}{self.question_prefix}{example.question}{self.answer_prefix}"
+
+    def shot(self, question: str, answer: str) -> str:
+        """One question/answer pair as the template writes it, for a few-shot `context`."""
+        return f"{self.question_prefix}{question}{self.answer_prefix}{answer}\n\n"
 
 
 @dataclass(frozen=True)

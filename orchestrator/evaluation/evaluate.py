@@ -108,6 +108,9 @@ class EvalReport:
     summary: dict[str, float | None]
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)  # probe name -> its ProbeResult's fields
     example_nll: dict[str, dict[str, float]] = field(default_factory=dict)  # forget/holdout: id -> mean NLL
+    # Per forget example: {"rouge_l", "probability"}: what recovery attacks compare against (orchestrator/attacks/).
+    forget_examples: dict[str, dict[str, float]] = field(default_factory=dict)
+    attack_results: list[dict[str, Any]] = field(default_factory=list)  # AttackResult dicts, when attacks ran
     settings: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds
 
@@ -148,6 +151,7 @@ def evaluate_model(
         cap = settings.max_forget_examples if name == "forget" else settings.max_examples
         chosen[name] = subsample(getattr(data, name), cap, settings.seed)
     chosen = {name: examples for name, examples in chosen.items() if examples}
+    forget_examples: dict[str, dict[str, float]] = {}
     probes = tuple(_subsample_probe(probe, settings.max_examples, settings.seed) for probe in data.probes)
     if progress is not None:
         progress.set_total(3 * sum(len(examples) for examples in chosen.values())
@@ -157,10 +161,12 @@ def evaluate_model(
             t0 = time.perf_counter()
             if progress is not None:
                 progress.describe(name)
-            splits[name], truth_ratios[name], attack[name] = _evaluate_split(
+            splits[name], truth_ratios[name], attack[name], per_example = _evaluate_split(
                 model, tokenizer, examples, template, settings, forget=name == "forget",
                 passed=progress.advance if progress is not None else None,
             )
+            if name == "forget":
+                forget_examples = per_example
             timings[name] = time.perf_counter() - t0
         t0 = time.perf_counter()
         probe_results = {name: asdict(result) for name, result in evaluate_probes(
@@ -192,7 +198,8 @@ def evaluate_model(
                        f" (forget ROUGE-L {figure(summary['forget_rouge_l'])}, "
                        f"model utility {figure(summary['model_utility'])})")
     report = EvalReport(splits, forget_ratios, mia_auc, leak, summary, settings=asdict(settings), timings=timings,
-                        probes=probe_results, example_nll=membership.example_nll(chosen, attack))
+                        probes=probe_results, example_nll=membership.example_nll(chosen, attack),
+                        forget_examples=forget_examples)
     return EvalReport.from_dict(report.to_dict())  # one canonical form: NaN -> None, numpy -> float
 
 
@@ -226,8 +233,9 @@ def _evaluate_split(
     settings: EvalSettings,
     forget: bool,
     passed: Callable[[int], None] | None = None,
-) -> tuple[SplitMetrics, np.ndarray, dict[str, np.ndarray]]:
-    """One split's metrics, its per-example truth ratios, and its per-example MIA scores.
+) -> tuple[SplitMetrics, np.ndarray, dict[str, np.ndarray], dict[str, dict[str, float]]]:
+    """One split's metrics, its per-example truth ratios, its per-example MIA scores, and per example id its
+    ROUGE-L recall and probability.
 
     `passed(len(examples))` is called after each of the three passes (answers, alternatives, generation)."""
     passed = passed or (lambda n: None)
@@ -282,7 +290,9 @@ def _evaluate_split(
         alt_mass_top10=realism.alternative_mass_share(main.alt_top_mass, main.non_target_mass),
     )
     texts = [ex.answer for ex in examples]
-    return metrics, ratios, attack_scores(main, texts, settings.mia_k)
+    per_example = {ex.id: {"rouge_l": float(r.recall), "probability": float(p)}
+                   for ex, r, p in zip(examples, rouge, tofu.probability(main.mean_logprob))}
+    return metrics, ratios, attack_scores(main, texts, settings.mia_k), per_example
 
 
 def _summary(

@@ -55,11 +55,13 @@ def finetune(
     losses: list[float] = []
     started = time.perf_counter()
     steps = Steps(label, total, emit=progress, mode=None if progress else "off")
+    device = next(model.parameters()).device
     for epoch in range(epochs):
         rng.shuffle(order)
         epoch_loss = 0.0
         for start in range(0, len(order), batch_size):
-            batch = collate([rows[i] for i in order[start : start + batch_size]], pad_token_id)
+            batch = {k: v.to(device) for k, v in
+                     collate([rows[i] for i in order[start : start + batch_size]], pad_token_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             shifted_logits, shifted_labels = shift_for_next_token(logits, batch["labels"])
             loss = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.size(-1)).float(),

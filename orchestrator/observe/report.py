@@ -58,22 +58,50 @@ def comparison_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def text_table(summary: dict[str, Any]) -> str:
-    """The before/after table as aligned plain text, for the terminal."""
-    header = ("metric", "target (before)", "unlearned (after)", "retain model")
-    rows = [header] + comparison_rows(summary)
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+ATTACK_HEADER = ("attack", "metric", "examples", "before", "unlearned", "attacked", "recovery",
+                 "retain model relearned")
+ATTACK_METRICS = {"forget_rouge_l": "forget ROUGE-L", "forget_probability": "forget probability"}
+
+
+def attack_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Per attack and metric: the examples scored, before, after unlearning, after the attack, the recovery, and
+    (relearning) the retain model's value after the same steps; empty when no attack ran."""
+    rows = []
+    for name, entry in (summary.get("attacks") or {}).items():
+        if name == "worst":
+            continue
+        for metric, label in ATTACK_METRICS.items():
+            v = entry[metric]
+            control = (entry.get("control") or {}).get(metric) or {}
+            rows.append((name, label, str(entry["examples"]), _fmt(v["before"]), _fmt(v["after"]),
+                         _fmt(v["attacked"]), _fmt(v["recovery"]), _fmt(control.get("attacked"))))
+    return rows
+
+
+def _aligned(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    rows = [header, *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
+def _markdown(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def text_table(summary: dict[str, Any]) -> str:
+    """The before/after table as aligned plain text, for the terminal; then the recovery attacks', if any ran."""
+    text = _aligned(("metric", "target (before)", "unlearned (after)", "retain model"), comparison_rows(summary))
+    attacks = attack_rows(summary)
+    return text + ("\n\nrecovery attacks (recovery = (attacked - unlearned) / (before - unlearned))\n"
+                   + _aligned(ATTACK_HEADER, attacks) if attacks else "")
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
-    rows = comparison_rows(summary)
-    out = ["| metric | target (before) | unlearned (after) | retain model |", "|---|---:|---:|---:|"]
-    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    return "\n".join(out)
+    return _markdown(("metric", "target (before)", "unlearned (after)", "retain model"), comparison_rows(summary))
 
 
 def _plot_history(history: list[dict[str, float]], path: Path) -> bool:
@@ -141,6 +169,12 @@ def write_report(result_or_summary: Any, output_dir: str | Path) -> Path:
         "",
         "![before and after](before_after.png)",
     ]
+    if summary.get("attacks"):
+        lines += ["", "## Recovery attacks", "",
+                  "recovery = (attacked - unlearned) / (before - unlearned): 0, nothing comes back; 1, all of it. "
+                  "Relearning is scored on the forget examples it did not train on; the last column is the retain "
+                  "model (which never saw them) after the same steps.", "",
+                  _markdown(ATTACK_HEADER, attack_rows(summary))]
     if has_curve:
         lines += ["", "## Training", "", "![loss curve](loss_curve.png)"]
     lines += ["", f"Unlearned model: `{summary['model_dir']}` (HF format, `from_pretrained`).", ""]

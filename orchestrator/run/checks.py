@@ -3,11 +3,14 @@ workers than the cluster holds, a memory plan that does not fit. Each refusal is
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import methods
 from orchestrator.config import ExperimentConfig
 from orchestrator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from orchestrator.data.schema import UnlearningData
 
 
 def check_deepspeed(config: ExperimentConfig) -> None:
@@ -76,3 +79,34 @@ def check_memory(config: ExperimentConfig, progress: Callable[[str], None] = pri
         return
     if not plan.fits:
         raise ConfigError(f"the run does not fit (see `unlearn plan`): {plan.reason}")
+
+
+def check_attacks(config: ExperimentConfig, data: "UnlearningData") -> None:
+    """Refuse, before any work, recovery attacks (`eval.attacks`) that cannot run on this model or data: a model
+    partitioned across workers (ZeRO-3), NF4 without a GPU, relearning on a split with no examples, a few-shot
+    prefix longer than the retained pairs."""
+    attacks = config.eval.attacks
+    if attacks is None:
+        return
+    if config.train.deepspeed:
+        from orchestrator.worker.deepspeed_engine import load_deepspeed_json, zero_stage
+
+        if zero_stage(load_deepspeed_json(config.train.deepspeed)) == 3:
+            raise ConfigError("eval.attacks copies the unlearned model on one worker, which ZeRO-3 partitions across "
+                              "all of them: use a ZeRO-2 config, or attack the exported model with `unlearn eval`")
+    if "quantise" in attacks.run and attacks.quantise.method == "nf4" and not config.train.use_gpu:
+        raise ConfigError("eval.attacks.quantise.method nf4 needs a GPU (bitsandbytes); on CPU use rtn with bits "
+                          "4 and 8")
+    forget = data.forget  # the evaluation scores all of it (EvalSettings.max_forget_examples: None)
+    if "relearn" in attacks.run:
+        if len(forget) < 2:
+            raise ConfigError(f"eval.attacks.relearn needs at least 2 forget examples (one to train on, one to "
+                              f"score), the data has {len(forget)}")
+        split = attacks.relearn.data
+        if split != "forget" and not getattr(data, split):
+            raise ConfigError(f"eval.attacks.relearn.data={split!r}: the data ({data.name}) has no {split} examples")
+    if "probe" in attacks.run and attacks.probe.few_shot:
+        pool = {e.id for e in data.retain if e.kind == "qa"} - {e.id for e in data.neighbour}
+        if len(pool) < attacks.probe.few_shot:
+            raise ConfigError(f"eval.attacks.probe.few_shot={attacks.probe.few_shot}: the data ({data.name}) has "
+                              f"{len(pool)} retained question/answer pairs outside the neighbours")

@@ -10,8 +10,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-
+from orchestrator.attacks.config import AttacksConfig, resolved
 from orchestrator.cache import ArtifactCache, content_key
 from orchestrator.config import DataConfig, EvalConfig, ExperimentConfig
 from orchestrator.data.schema import UnlearningData
@@ -21,9 +22,10 @@ from orchestrator.observe.progress import Progress, Steps
 from orchestrator.models.loading import load_tokenizer
 
 REPORT_FILE = "report.json"
+CONTROL_FILE = "control.json"
 # Bumped when a cached report gains what later evaluations read from it (2: per-example NLL for the reference
-# attack, gradient-norm AUCs, probes).
-REPORT_VERSION = 2
+# attack, gradient-norm AUCs, probes; 3: per-example forget ROUGE-L and probability, for recovery attacks).
+REPORT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Prepared:
     retain_dir: str | None
     target_report: EvalReport
     retain_report: EvalReport | None
+    relearn_control: dict[str, Any] | None = None  # the retain model relearned as `eval.attacks` says (AttackResult)
 
 
 def load_data(cfg: DataConfig) -> UnlearningData:
@@ -96,6 +99,8 @@ def fingerprint(data: UnlearningData) -> str:
             digest.update(json.dumps([split, example.id, example.question, example.answer,
                                       example.paraphrased_answer, list(example.perturbed_answers),
                                       example.idk_answer]).encode())
+            if example.paraphrased_questions:  # evaluated (the rephrasing attack), never trained on
+                digest.update(json.dumps(list(example.paraphrased_questions)).encode())
     for probe in data.probes:  # a benchmark's own questions: never trained on, but part of what is evaluated
         digest.update(json.dumps(["probe", probe.name, probe.kind, probe.role, probe.prefix, probe.max_new_tokens,
                                   list(probe.stop)]).encode())
@@ -131,7 +136,7 @@ def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progre
     progress(f"data: {data.name}: forget {len(data.forget)}, retain {len(data.retain)}, "
              f"neighbour {len(data.neighbour)}, holdout {len(data.holdout)}, world {len(data.world)} examples")
     settings = eval_settings(config.eval, config.data.max_length)
-    eval_spec = {"eval": config.eval.model_dump(), "data": data_fp, "max_length": config.data.max_length,
+    eval_spec = {"eval": config.eval.model_dump(exclude={"attacks"}), "data": data_fp, "max_length": config.data.max_length,
                  "report": REPORT_VERSION}
 
     if config.model.name == "tiny":
@@ -152,8 +157,42 @@ def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progre
                                        settings, None, progress)
     target_report = _cached_report(cache, "target-report", target_dir, eval_spec, tokenizer, data, template,
                                    settings, retain_report, progress)
+    control = None
+    attacks = attack_plan(config)
+    if attacks is not None and "relearn" in attacks.run and attacks.relearn.control and retain_dir is not None:
+        control = _cached_control(cache, retain_dir, eval_spec, attacks, tokenizer, data, template, settings,
+                                  progress)
     return Prepared(data, data_fp, template, str(tokenizer_dir), str(target_dir),
-                    None if retain_dir is None else str(retain_dir), target_report, retain_report)
+                    None if retain_dir is None else str(retain_dir), target_report, retain_report, control)
+
+
+def attack_plan(config: ExperimentConfig) -> AttacksConfig | None:
+    """`eval.attacks` with its relearning defaults filled in for this model and run; None without attacks."""
+    if config.eval.attacks is None:
+        return None
+    return resolved(config.eval.attacks, config.model.finetune.lr if config.model.name == "tiny" else None,
+                    config.train.batch_size)
+
+
+def _cached_control(cache: ArtifactCache, retain_dir: str, eval_spec: dict, attacks: AttacksConfig, tokenizer,
+                    data: UnlearningData, template: PromptTemplate, settings: EvalSettings,
+                    progress: Progress) -> dict[str, Any]:
+    """The relearning attack on the retain model, the control of every run's relearning attack (cached)."""
+    relearn_only = attacks.model_copy(update={"run": ["relearn"]})
+    spec = {"model": _model_identity(retain_dir), **eval_spec, "relearn": relearn_only.relearn.model_dump()}
+
+    def build(folder: Path) -> None:
+        from orchestrator.attacks.run import run_attacks
+        from orchestrator.evaluation.evaluate import subsample
+        from orchestrator.models.loading import load_causal_lm
+
+        progress("relearning the retain model (the control of the relearning attack)")
+        forget = subsample(data.forget, settings.max_forget_examples, settings.seed)
+        [result] = run_attacks(load_causal_lm(retain_dir), tokenizer, data, forget, template, settings, relearn_only)
+        (folder / CONTROL_FILE).write_text(json.dumps(result.to_dict()))
+
+    folder, _ = cache.get_or_build(content_key("relearn-control", spec), build, spec)
+    return json.loads((folder / CONTROL_FILE).read_text())
 
 
 def _cached_report(cache: ArtifactCache, kind: str, model_dir: str, eval_spec: dict, tokenizer, data: UnlearningData,

@@ -16,14 +16,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import methods
+from orchestrator.attacks.recovery import attack_summary
+from orchestrator.evaluation import EvalReport
 from orchestrator.config import ExperimentConfig
 from orchestrator.errors import RunError, last_line
 from orchestrator.observe.metrics import record_evaluation
 from orchestrator.observe.training_metrics import TrainingMetricsCallback, tokens_per_step
 from orchestrator.run import state as run_state
-from orchestrator.run.checks import check_deepspeed, check_memory, check_method_fits_model, check_resources
+from orchestrator.run.checks import (check_attacks, check_deepspeed, check_memory, check_method_fits_model,
+                                     check_resources)
 from orchestrator.run.job import make_job, worker_settings
-from orchestrator.run.prepare import Prepared, evaluate_dir, eval_settings, load_data, prepare
+from orchestrator.run.prepare import Prepared, attack_plan, evaluate_dir, eval_settings, load_data, prepare
 from orchestrator.run.ray_session import connect_ray, private_ray_cpus
 from orchestrator.run.resident import ResidentWorkers, UnlearnTask
 from orchestrator.run.worker_group import worker_group
@@ -57,6 +60,7 @@ class RunResult:
     run_name: str | None = None  # its Ray Train state's name: a run started again under it resumes
     settings: dict[str, Any] = field(default_factory=dict)  # the effective ones: lr, epochs, CPUs, dtype, device
     evaluation: dict[str, Any] | None = None  # the unlearned model's whole EvalReport (`after` is its summary)
+    attacks: dict[str, Any] | None = None  # recovery attacks (orchestrator/attacks/recovery.py); None: none ran
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +105,7 @@ def run_unlearning(
     # What can be refused without Ray is refused before it starts: a data file that is not there, a hub that cannot
     # be reached, more workers than a private Ray would have, a plan that does not fit.
     data = load_data(config.data) if prepared is None else None
+    check_attacks(config, data if data is not None else prepared.data)
     check_resources(config, ray_cpus=private_ray_cpus(config.ray.address, config.ray.num_cpus))
     check_memory(config, progress)
     resuming = run_state.claim(output, run_name, config, target_dir)
@@ -114,9 +119,11 @@ def run_unlearning(
     tokenizer = load_tokenizer(prepared.tokenizer_dir)
     settings = eval_settings(config.eval, config.data.max_length)
     target_dir = target_dir or prepared.target_dir
+    before_report = None  # the whole report of the model before unlearning, where this call has it
     if before is None:
-        before = (prepared.target_report if target is None else evaluate_dir(
-            target_dir, tokenizer, prepared.data, prepared.template, settings, prepared.retain_report)).summary
+        before_report = (prepared.target_report if target is None else evaluate_dir(
+            target_dir, tokenizer, prepared.data, prepared.template, settings, prepared.retain_report))
+        before = before_report.summary
 
     if workers is not None:
         workers.start()
@@ -124,7 +131,7 @@ def run_unlearning(
                            cpus_per_worker=workers.cpus_per_worker if workers else None),
                   tokenizer_dir=prepared.tokenizer_dir,
                   evaluation=EvaluationJob.of(prepared.tokenizer_dir, prepared.data, prepared.template, settings,
-                                              prepared.retain_report))
+                                              prepared.retain_report, attack_plan(config)))
     progress(f"{'resuming' if resuming else 'unlearning'} {len(job.rows.forget)} forget examples with "
              f"{config.method.name} on {config.train.workers} Ray Train worker(s), evaluating there (run {run_name})")
     if workers is None:
@@ -158,6 +165,7 @@ def run_unlearning(
         run_name=run_name,
         settings=_effective_settings(config, job, train_summary, ray_how),
         evaluation=train_summary.evaluation,
+        attacks=_attacks(train_summary.evaluation, before_report, prepared),
     )
     from orchestrator.observe.report import write_report  # matplotlib: only once there is a report to draw
 
@@ -166,6 +174,17 @@ def run_unlearning(
     (output / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
     write_report(result, output)
     return result
+
+
+def _attacks(evaluation: dict[str, Any], before: EvalReport | None, prepared: Prepared) -> dict[str, Any] | None:
+    """`summary.json`'s `attacks` (orchestrator/attacks/recovery.py), when the workers ran any; recovery needs the
+    model before unlearning per example, which a caller that passed only its summary (`before=`) does not give."""
+    if not evaluation.get("attack_results"):
+        return None
+    retain = prepared.retain_report
+    return attack_summary(evaluation["attack_results"], before.forget_examples if before is not None else {},
+                          evaluation.get("forget_examples") or {}, prepared.relearn_control,
+                          retain.forget_examples if retain is not None else None)
 
 
 def _effective_settings(config: ExperimentConfig, job: TrainJob, train_summary: WorkerSummary,

@@ -8,7 +8,9 @@ The measures:
   1: no answer reproduced), or `forget_quality` (TOFU's KS-test p-value against the retain model, higher better),
   or `retain_efficacy`: forget ROUGE-L measured against the retain model's, the model that never saw the forget set
   (`efficacy_against_retain`: 1 at the retain model's level, falling on either side of it, so that forgetting past
-  the gold standard, which membership inference then detects, costs score instead of earning it);
+  the gold standard, which membership inference then detects, costs score instead of earning it), or
+  `attacked_efficacy`: `rouge_efficacy` under the strongest recovery attack (`eval.attacks`: forgetting that a
+  relearning step, 4-bit rounding or a rephrased question undoes counts as none);
 - *model utility*: `utility` = model utility / the target's (1: unchanged);
 - *trade-off score*: the harmonic mean of efficacy and utility, each clipped to [0, 1]: high only when both are
   (destroying the model for full efficacy, or keeping it untouched, both score low).
@@ -23,8 +25,9 @@ from typing import Any, Iterable, Sequence
 
 # sweep.efficacy -> the trial metric it ranks on, and the trade-off score built from it.
 EFFICACY_KEYS = {"forget_rouge_l": "rouge_efficacy", "forget_quality": "forget_quality",
-                 "retain_model": "retain_efficacy"}
-SCORE_KEYS = {"forget_rouge_l": "score", "forget_quality": "score_forget_quality", "retain_model": "score_retain"}
+                 "retain_model": "retain_efficacy", "attacked": "attacked_efficacy"}
+SCORE_KEYS = {"forget_rouge_l": "score", "forget_quality": "score_forget_quality", "retain_model": "score_retain",
+              "attacked": "score_attacked"}
 
 
 def efficacy_against_retain(target: float | None, retain: float | None, after: float | None) -> float | None:
@@ -41,10 +44,19 @@ def efficacy_against_retain(target: float | None, retain: float | None, after: f
     return 1.0 - (retain - after) / retain if retain > 0 else 1.0
 
 
-def trial_metrics(before: dict[str, Any], after: dict[str, Any],
-                  retain: dict[str, Any] | None = None) -> dict[str, float | None]:
+def attacked_efficacy(rouge_efficacy: float | None, attacks: dict[str, Any] | None) -> float | None:
+    """The forget efficacy left under the strongest recovery attack: the least of 1 - attacked / before over the
+    attacks (`summary.json`'s `attacks.worst`) and of the efficacy unattacked; None when no attack ran."""
+    worst = ((attacks or {}).get("worst") or {}).get("forget_rouge_l") or {}
+    if worst.get("efficacy") is None:
+        return None
+    return worst["efficacy"] if rouge_efficacy is None else min(worst["efficacy"], rouge_efficacy)
+
+
+def trial_metrics(before: dict[str, Any], after: dict[str, Any], retain: dict[str, Any] | None = None,
+                  attacks: dict[str, Any] | None = None) -> dict[str, float | None]:
     """A trial's efficacy and utility from the target's (`before`), the unlearned model's (`after`) and, where there
-    is one, the retain model's (`retain`) summaries."""
+    is one, the retain model's (`retain`) summaries, and the recovery attacks' (`attacks`) where they ran."""
     def ratio(key: str) -> float | None:
         b, a = before.get(key), after.get(key)
         return None if a is None or not b else a / b
@@ -54,13 +66,17 @@ def trial_metrics(before: dict[str, Any], after: dict[str, Any],
     rouge_efficacy = None if forget_left is None else 1.0 - forget_left
     retain_efficacy = efficacy_against_retain(before.get("forget_rouge_l"), (retain or {}).get("forget_rouge_l"),
                                               after.get("forget_rouge_l"))
+    attacked = attacked_efficacy(rouge_efficacy, attacks)
+    worst_recovery = (((attacks or {}).get("worst") or {}).get("forget_rouge_l") or {}).get("recovery")
     return {"rouge_efficacy": rouge_efficacy, "forget_quality": after.get("forget_quality"),
-            "retain_efficacy": retain_efficacy, "utility": utility,
+            "retain_efficacy": retain_efficacy, "attacked_efficacy": attacked, "worst_recovery": worst_recovery,
+            "utility": utility,
             "forget_rouge_l": after.get("forget_rouge_l"), "retain_rouge_l": after.get("retain_rouge_l"),
             "model_utility": after.get("model_utility"), "mia_auc": after.get("mia_auc"),
             "score": tradeoff_score(rouge_efficacy, utility),
             "score_forget_quality": tradeoff_score(after.get("forget_quality"), utility),
-            "score_retain": tradeoff_score(retain_efficacy, utility)}
+            "score_retain": tradeoff_score(retain_efficacy, utility),
+            "score_attacked": tradeoff_score(attacked, utility)}
 
 
 def tradeoff_score(efficacy: float | None, utility: float | None) -> float | None:

@@ -103,10 +103,14 @@ class SweepConfig(_Section):
         "what one trial's workers take.")
     cpus_per_worker: int = Field(1, gt=0, description="train.cpus_per_worker of every trial when train leaves it "
                                  "unset (a trial's driver itself takes no CPU).")
-    efficacy: Literal["forget_rouge_l", "forget_quality", "retain_model"] = Field(
+    efficacy: Literal["forget_rouge_l", "forget_quality", "retain_model", "attacked"] = Field(
         "forget_rouge_l", description="The forget efficacy the robustness figures use: 1 - forget ROUGE-L / the "
-        "target's, TOFU forget quality (KS-test p-value), or forget ROUGE-L against the retain model's (1 at its "
-        "level, less on either side: over-unlearning costs score). Every front is always reported.")
+        "target's, TOFU forget quality (KS-test p-value), forget ROUGE-L against the retain model's (1 at its "
+        "level, less on either side: over-unlearning costs score), or attacked: 1 - forget ROUGE-L / the target's "
+        "under the strongest recovery attack (needs sweep.attacks). Every front is always reported.")
+    attacks: bool = Field(False, description="Run the recovery attacks (eval.attacks, or all three at their "
+                          "defaults where the config has none) after every trial: adds the attacked efficacy and "
+                          "the worst recovery to every trial, front and the robustness table.")
     tolerance: float = Field(0.05, gt=0, description="A cell is 'near the best' when its mean trade-off score is "
                              "within this (absolute) of the method's best cell.")
     asha: AshaConfig | None = Field(None, description="Early stopping; null: every trial runs to the end.")

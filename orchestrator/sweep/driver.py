@@ -80,6 +80,9 @@ def check_sweep(config: ExperimentConfig) -> int:
     if config.sweep.efficacy == "retain_model" and config.model.name != "tiny" and not config.model.retain_model:
         raise ConfigError("sweep.efficacy=retain_model measures forgetting against the retain model: set "
                           "model.retain_model (a model fine-tuned without the forget set)")
+    if config.sweep.efficacy == "attacked" and config.eval.attacks is None and not config.sweep.attacks:
+        raise ConfigError("sweep.efficacy=attacked ranks on the forget efficacy left under recovery attacks: set "
+                          "sweep.attacks: true (or an eval.attacks section)")
     return space.check_budget(config.sweep, {m: train_defaults(config, m) for m in config.sweep.methods})
 
 
@@ -142,6 +145,8 @@ def _run(config: ExperimentConfig, folder: Path, resume: bool, progress: Progres
     from orchestrator.sweep.report import write_sweep_report
 
     assert config.sweep is not None
+    if config.sweep.attacks and config.eval.attacks is None:  # every trial attacks its model, at the defaults
+        config = config.with_overrides(**{"eval.attacks": {}})
     sweep = config.sweep
     connect_ray(config.ray.address, config.ray.num_cpus, progress)
     prepared = prepare(config, progress=progress)  # once, here: every trial starts from the warm result
@@ -258,8 +263,9 @@ def _trial_record(result) -> dict[str, Any]:
     cell = result.config["cell"]
     # No final report: stopped early by ASHA, or cut short by an interruption (then `--resume` runs it again).
     status = "error" if result.error else ("complete" if metrics.get("final") else "incomplete")
-    keep = ("rouge_efficacy", "forget_quality", "retain_efficacy", "utility", "forget_rouge_l", "retain_rouge_l",
-            "model_utility", "mia_auc", "score", "score_forget_quality", "score_retain", "seconds", "step", "train_lr", "train_epochs", "slot",
+    keep = ("rouge_efficacy", "forget_quality", "retain_efficacy", "attacked_efficacy", "worst_recovery", "utility", "forget_rouge_l", "retain_rouge_l",
+            "model_utility", "mia_auc", "score", "score_forget_quality", "score_retain", "score_attacked", "seconds", "step",
+            "train_lr", "train_epochs", "slot",
             "slot_group_starts")
     record = {"trial_id": metrics.get("trial_id") or Path(result.path).name, "method": cell["method"],
               "params": dict(cell["params"]), "seed": result.config["seed"], "status": status,

@@ -18,12 +18,17 @@ SUMMARY_FILE = "sweep_summary.json"
 REPORT_FILE = "sweep_report.md"
 PLOTS_DIR = "plots"
 EFFICACIES = {"rouge_efficacy": "1 - forget ROUGE-L / target's", "forget_quality": "forget quality (KS p-value)",
-              "retain_efficacy": "forget ROUGE-L against the retain model's"}
+              "retain_efficacy": "forget ROUGE-L against the retain model's",
+              "attacked_efficacy": "1 - forget ROUGE-L / target's, under the strongest attack"}
 DEFINITIONS = {
     "rouge_efficacy": "forget efficacy = 1 - (forget ROUGE-L recall after) / (the target's forget ROUGE-L recall)",
     "forget_quality": "forget efficacy = TOFU forget quality: KS-test p-value of truth ratios vs the retain model",
     "retain_efficacy": "forget efficacy against the retain model (R, its forget ROUGE-L; T, the target's): "
                        "(T - after) / (T - R) down to R, then 1 - (R - after) / R below it (over-unlearning)",
+    "attacked_efficacy": "attacked efficacy = the least of 1 - (forget ROUGE-L after) / (the target's) over "
+                         "the recovery attacks (each on its own examples) and no attack",
+    "worst_recovery": "recovery of the strongest attack on forget ROUGE-L: (attacked - unlearned) / "
+                      "(target - unlearned)",
     "utility": "utility = (model utility after) / (the target's model utility); 1 = unchanged",
     "score": "trade-off score = harmonic mean of efficacy and utility, each clipped to [0, 1]",
     "near_best": "share of a method's cells (mean over seeds) whose score is within the tolerance of its best cell",
@@ -66,7 +71,10 @@ def build_summary(config: ExperimentConfig, trials: Sequence[dict[str, Any]], de
 
     robustness = {m: {**analysis.robustness(by_method[m], sweep.tolerance, default_params[m]),
                       "trials": len(by_method[m]),
-                      "hypervolume": fronts[primary]["per_method"][m]["hypervolume"]} for m in sweep.methods}
+                      "hypervolume": fronts[primary]["per_method"][m]["hypervolume"],
+                      # Under recovery attack (sweep.attacks): the mean over the method's trials.
+                      "attacked_efficacy_mean": _mean_of(by_method[m], "attacked_efficacy"),
+                      "worst_recovery_mean": _mean_of(by_method[m], "worst_recovery")} for m in sweep.methods}
     curves = {m: analysis.expected_max_curve([t["score"] for t in by_method[m]]) for m in sweep.methods
               if by_method[m]}
     marginals = {m: {p: analysis.marginals(by_method[m], p) for p in sweep.methods[m].space} for m in sweep.methods}
@@ -137,6 +145,11 @@ def write_sweep_report(config: ExperimentConfig, folder: Path, trials: Sequence[
     return summary, summary_path, report_path
 
 
+def _mean_of(trials: Sequence[dict[str, Any]], key: str) -> float | None:
+    values = [t[key] for t in trials if t.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
 def _heat_table(trials: Sequence[dict[str, Any]], x: str, y: str) -> dict[tuple[Any, Any], float]:
     groups: dict[tuple[Any, Any], list[float]] = {}
     for t in trials:
@@ -178,6 +191,13 @@ def markdown(summary: dict[str, Any], images: Sequence[tuple[str, str]]) -> str:
                      f"{_f(r['worst'])} | "
                      f"{_f(r['near_best'], 2)} | {_f(r['seed_spread_mean'])} / {_f(r['seed_spread_max'])} | "
                      f"{_f(r['default'])} | {_f(r['tunability'])} | {_f(r['hypervolume'])} |")
+    if any(r.get("attacked_efficacy_mean") is not None for r in rob.values()):
+        lines += ["", "Under recovery attack (sweep.attacks; means over each method's trials):", "",
+                  "| method | efficacy (unattacked) | attacked efficacy | worst recovery |", "|---|---|---|---|"]
+        for m, r in rob.items():
+            mine = [t for t in summary["trials"] if t["method"] == m and t["status"] == "complete"]
+            lines.append(f"| {m} | {_f(_mean_of(mine, 'rouge_efficacy'))} | "
+                         f"{_f(r.get('attacked_efficacy_mean'))} | {_f(r.get('worst_recovery_mean'))} |")
     ranked = sorted((m for m in rob if rob[m]["near_best"] is not None),
                     key=lambda m: (-rob[m]["near_best"], rob[m]["seed_spread_mean"]))
     if ranked:

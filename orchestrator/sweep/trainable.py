@@ -100,6 +100,6 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, p
     timings = {k: result.timings.get(k) for k in TIMING_KEYS}
     # Which worker group served the trial (resident: the trial actor's process and how many groups it has started).
     slot = {"slot": f"{os.uname().nodename}:{os.getpid()}", "slot_group_starts": _slot.starts} if resident else {}
-    ray.tune.report({**trial_metrics(result.before, result.after, result.retain_model), "step": result.train["steps"], **slot,
+    ray.tune.report({**trial_metrics(result.before, result.after, result.retain_model, result.attacks), "step": result.train["steps"], **slot,
                      "final": 1.0, "seconds": result.seconds, **{f"{TIMING_PREFIX}{k}": v for k, v in timings.items()},
                      "train_lr": result.settings["lr"], "train_epochs": result.settings["epochs"]})

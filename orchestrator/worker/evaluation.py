@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.attacks.config import AttacksConfig
 from orchestrator.data.schema import UnlearningData
 from orchestrator.data.tokenize import PromptTemplate
 
@@ -40,12 +41,13 @@ class EvaluationJob:
     template: PromptTemplate
     settings: dict[str, Any]  # EvalSettings, asdict
     retain_reference: dict[str, Any] | None = None  # the retain model's EvalReport.to_dict(): forget quality, PrivLeak
+    attacks: AttacksConfig | None = None  # recovery attacks after the evaluation (resolved: `attacks.config.resolved`)
 
     @classmethod
     def of(cls, tokenizer_dir: str, data: UnlearningData, template: PromptTemplate, settings: "EvalSettings",
-           retain_reference: "EvalReport | None") -> "EvaluationJob":
+           retain_reference: "EvalReport | None", attacks: AttacksConfig | None = None) -> "EvaluationJob":
         return cls(tokenizer_dir, data, template, asdict(settings),
-                   retain_reference.to_dict() if retain_reference is not None else None)
+                   retain_reference.to_dict() if retain_reference is not None else None, attacks)
 
 
 def evaluate_where_trained(model: "torch.nn.Module", job: EvaluationJob, rank: int, world_size: int,
@@ -65,6 +67,17 @@ def evaluate_where_trained(model: "torch.nn.Module", job: EvaluationJob, rank: i
     reference = EvalReport.from_dict(job.retain_reference) if job.retain_reference is not None else None
     shown = Steps("evaluation", unit="example", on_worker=True, mode=progress if rank == 0 else "off",
                   emit=lambda m: print(f"[unlearn] {m}", flush=True))
-    report = evaluate_model(model, load_tokenizer(job.tokenizer_dir), job.data, job.template, settings,
-                            retain_reference=reference, progress=shown)
+    tokenizer = load_tokenizer(job.tokenizer_dir)
+    report = evaluate_model(model, tokenizer, job.data, job.template, settings, retain_reference=reference,
+                            progress=shown)
+    if job.attacks is not None and not partitioned:  # the run checks refuse attacks on a partitioned model
+        from orchestrator.attacks.run import run_attacks
+        from orchestrator.evaluation.evaluate import subsample
+
+        forget = subsample(job.data.forget, settings.max_forget_examples, settings.seed)
+        attacking = Steps("recovery attacks", unit="attack", on_worker=True, mode=progress,
+                          emit=lambda m: print(f"[unlearn] {m}", flush=True))
+        results = run_attacks(model, tokenizer, job.data, forget, job.template, settings, job.attacks)
+        report.attack_results = [r.to_dict() for r in results]
+        attacking.close(", ".join(f"{r.name} {r.seconds:.0f}s" for r in results))
     return report.to_dict() if rank == 0 else None

@@ -211,3 +211,39 @@ def test_a_sweep_can_rank_on_efficacy_against_the_retain_model():
     assert "use **retain_efficacy** as forget efficacy" in text
     with pytest.raises(ConfigError, match="sweep.efficacy=retain_model .* set model.retain_model"):
         check_sweep(parse_config({"model": {"name": "org/target"}, "sweep": {**raw, "efficacy": "retain_model"}}))
+
+
+def test_a_sweep_can_rank_on_the_efficacy_left_under_attack():
+    """GA forgets more on its face (rouge_efficacy 0.9) but relearning brings most of it back (attacked 0.2); NPO
+    forgets less (0.7) and keeps it under attack (0.6). Ranked unattacked GA wins; ranked attacked NPO does, and
+    the robustness table gains the attacked columns."""
+    from orchestrator.sweep.analysis import attacked_efficacy, trial_metrics, tradeoff_score
+    from orchestrator.sweep.report import build_summary, markdown
+
+    worst = {"worst": {"forget_rouge_l": {"attack": "relearn", "recovery": 0.7, "efficacy": 0.2}}}
+    assert attacked_efficacy(0.9, worst) == 0.2 and attacked_efficacy(0.1, worst) == 0.1
+    assert attacked_efficacy(0.9, None) is None
+    metrics = trial_metrics({"forget_rouge_l": 1.0, "model_utility": 0.5}, {"forget_rouge_l": 0.1,
+                                                                            "model_utility": 0.5}, attacks=worst)
+    assert metrics["attacked_efficacy"] == 0.2 and metrics["worst_recovery"] == 0.7
+    assert metrics["score_attacked"] == pytest.approx(tradeoff_score(0.2, 1.0))
+
+    raw = {"methods": {"ga": {"space": {"lr": {"grid": [1e-4]}}}, "npo": {"space": {"lr": {"grid": [1e-4]}}}},
+           "attacks": True}
+    points = {"ga": (0.9, 0.2, 0.7), "npo": (0.7, 0.6, 0.1)}  # rouge_efficacy, attacked_efficacy, worst recovery
+    trials = [{"trial_id": m, "method": m, "params": {"lr": 1e-4}, "seed": 0, "status": "complete",
+               "rouge_efficacy": e, "attacked_efficacy": a, "worst_recovery": w, "retain_efficacy": None,
+               "forget_quality": None, "utility": 0.9, "score": tradeoff_score(e, 0.9),
+               "score_attacked": tradeoff_score(a, 0.9), "score_retain": None, "score_forget_quality": None,
+               "seconds": 1.0, "timings": {"train_loop": 1.0, "evaluate": 0.0}} for m, (e, a, w) in points.items()]
+    for efficacy, winner in (("forget_rouge_l", "ga"), ("attacked", "npo")):
+        config = parse_config({"sweep": {**raw, "efficacy": efficacy}})
+        defaults = {m: train_defaults(config, m) for m in ("ga", "npo")}
+        summary = build_summary(config, trials, defaults, slots=1, sessions=[{"wall_seconds": 2.0}])
+        best = {m: summary["robustness"][m]["best"] for m in ("ga", "npo")}
+        assert max(best, key=best.get) == winner, efficacy
+    text = markdown(summary, [])
+    assert "use **attacked_efficacy** as forget efficacy" in text
+    assert "| ga | 0.900 | 0.200 | 0.700 |" in text and "attacked_efficacy" in summary["pareto"]
+    with pytest.raises(ConfigError, match="sweep.efficacy=attacked .* set sweep.attacks"):
+        check_sweep(parse_config({"sweep": {**raw, "attacks": False, "efficacy": "attacked"}}))
