@@ -6,6 +6,16 @@ and prints forget/retain ROUGE-L, forget quality, model utility and MIA AUC, wit
 ROUGE-L at most half the target's, retain ROUGE-L at least 80% of the target's.
 
     python benchmarks/method_table.py [CONFIG] [--methods npo,undial] [--output runs/table] [--set train.epochs=5]
+                                      [--seeds 0,1,2] [--attacks]
+
+`--seeds`: every method once per `train.seed` (the order the forget rows are shuffled in). Training is chaotic: a
+float sum taken in another order (another CPU, another thread count) moves the numbers as much as another seed
+does, so the table then gives each figure as mean and spread (max - min) over the seeds and each verdict as the
+seeds it holds on ("ok 3/3"): a verdict that holds on every seed does not turn on one draw.
+
+`--attacks`: runs the recovery attacks (`eval.attacks` at its defaults) after every run and prints, per method,
+forget ROUGE-L and forget probability before, after unlearning and after each attack (recovery in brackets), and
+the retain model after the relearning attack's steps (the control).
 
 With a config whose data carries probes (`experiments/hazard_rmu.yaml`: the hazardous and the neighbouring questions),
 it also prints each probe before -> after per method.
@@ -35,9 +45,13 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(methods.available_methods()))
     parser.add_argument("--output", default="runs/method-table")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--seeds", default=None, help="comma-separated train.seed values (default: the config's)")
+    parser.add_argument("--attacks", action="store_true", help="run the recovery attacks after every run")
     args = parser.parse_args()
 
     overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    if args.attacks:
+        overrides.setdefault("eval.attacks", {})
     base = load_config(args.config)
     if overrides:
         base = base.with_overrides(**overrides)
@@ -47,17 +61,22 @@ def main() -> int:
     # embedded default's runs); DeepSpeed runs take a TorchTrainer each (orchestrator/run/resident.py).
     workers = None if base.train.deepspeed else ResidentWorkers(
         base.train.workers, base.train.cpus_per_worker, base.train.use_gpu, progress=lambda m: print(m, file=sys.stderr))
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [base.train.seed]
     try:
         for name in args.methods.split(","):
-            config = base.with_overrides(**{"method.name": name, "method.hparams": {},
-                                            "output_dir": str(Path(args.output) / name)})
-            result = run_unlearning(config, prepared=prepared, workers=workers,
-                                    progress=lambda m: print(m, file=sys.stderr))
-            rows.append(result)
-            print(f"{name}: done in {result.seconds:.0f} s", file=sys.stderr)
+            for seed in seeds:
+                folder = Path(args.output) / (name if len(seeds) == 1 else f"{name}-seed{seed}")
+                config = base.with_overrides(**{"method.name": name, "method.hparams": {}, "train.seed": seed,
+                                                "output_dir": str(folder)})
+                result = run_unlearning(config, prepared=prepared, workers=workers,
+                                        progress=lambda m: print(m, file=sys.stderr))
+                rows.append(result)
+                print(f"{name} (seed {seed}): done in {result.seconds:.0f} s", file=sys.stderr)
     finally:
         if workers is not None:
             workers.close()
+    if len(seeds) > 1:
+        return _seed_table(rows, seeds, args.output, prepared)
 
     header = (f"{'method':10} {'forget RL':>9} {'retain RL':>9} {'nbr RL':>7} {'forget Q':>9} {'utility':>7} "
               f"{'MIA AUC':>7} {'train s':>7}  verdict")
@@ -81,11 +100,92 @@ def main() -> int:
               f"{_num(a['neighbour_rouge_l']):>7} {_num(a['forget_quality'], '.2g'):>9} "
               f"{_num(a['model_utility']):>7} {_num(a['mia_auc']):>7} "
               f"{r.timings['train_loop']:7.1f}  {verdict.strip()}")
-        table.append({"method": r.method, "before": r.before, "after": a, "verdict": verdict.strip()})
+        table.append({"method": r.method, "before": r.before, "after": a, "verdict": verdict.strip(),
+                      "attacks": r.attacks})
     _print_probes(rows)
+    _print_attacks({r.method: [r] for r in rows}, prepared)
     Path(args.output).mkdir(parents=True, exist_ok=True)
     (Path(args.output) / "table.json").write_text(json.dumps(table, indent=2))
     return 0
+
+
+def _verdict(r) -> tuple[bool, bool]:
+    """(forget ROUGE-L at most half the target's, retain ROUGE-L at least 80% of the target's)."""
+    return (r.after["forget_rouge_l"] <= 0.5 * r.before["forget_rouge_l"],
+            r.after["retain_rouge_l"] >= 0.8 * r.before["retain_rouge_l"])
+
+
+def _spread(values: list[float | None], spec: str = ".3f") -> str:
+    """mean ±(max - min)/2 over the seeds; '-' where a value is missing."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return "-"
+    return f"{format(sum(present) / len(present), spec)}±{format((max(present) - min(present)) / 2, spec)}"
+
+
+def _seed_table(rows: list, seeds: list[int], output: str, prepared) -> int:
+    """The method table over several seeds: each figure as mean ± half its range, each verdict as the seeds it
+    holds on."""
+    by_method: dict[str, list] = {}
+    for r in rows:
+        by_method.setdefault(r.method, []).append(r)
+    before = rows[0].before
+    print(f"\ntarget model: forget ROUGE-L {_num(before['forget_rouge_l'])}, retain ROUGE-L "
+          f"{_num(before['retain_rouge_l'])}; seeds {seeds}: mean ± half the range (max - min) over them")
+    header = (f"{'method':10} {'forget RL':>13} {'retain RL':>13} {'forget prob':>13} {'utility':>13} "
+              f"{'MIA AUC':>13}  halved  kept  verdict")
+    print(header)
+    print("-" * len(header))
+    table = []
+    for name, runs in by_method.items():
+        col = {k: [r.after[k] for r in runs] for k in ("forget_rouge_l", "retain_rouge_l", "forget_probability",
+                                                        "model_utility", "mia_auc")}
+        verdicts = [_verdict(r) for r in runs]
+        halved, kept = sum(v[0] for v in verdicts), sum(v[1] for v in verdicts)
+        both = sum(v[0] and v[1] for v in verdicts)
+        n = len(runs)
+        verdict = ("ok" if both == n else "fails" if both == 0 else "mixed") + f" {both}/{n}"
+        if name not in MUST_PASS:
+            verdict += " (informative)"
+        print(f"{name:10} {_spread(col['forget_rouge_l']):>13} {_spread(col['retain_rouge_l']):>13} "
+              f"{_spread(col['forget_probability']):>13} {_spread(col['model_utility']):>13} "
+              f"{_spread(col['mia_auc']):>13}  {halved}/{n}     {kept}/{n}  {verdict}")
+        table.append({"method": name, "seeds": seeds, "after": [r.after for r in runs], "verdict": verdict,
+                      "attacks": [r.attacks for r in runs]})
+    _print_attacks(by_method, prepared)
+    Path(output).mkdir(parents=True, exist_ok=True)
+    (Path(output) / "table.json").write_text(json.dumps({"before": before, "methods": table}, indent=2))
+    return 0
+
+
+def _print_attacks(by_method: dict[str, list], prepared) -> None:
+    """Per method and metric: before, after unlearning, after each attack (recovery), each a mean over the runs
+    (seeds) with half its range; then the retain model under the relearning control."""
+    runs = [r for rs in by_method.values() for r in rs if r.attacks]
+    if not runs:
+        return
+    names = [k for k in runs[0].attacks if k != "worst"]
+    for metric, label in (("forget_rouge_l", "forget ROUGE-L"), ("forget_probability", "forget probability")):
+        print(f"\nrecovery attacks, {label}: value after the attack (recovery = (attacked - unlearned) / "
+              f"(before - unlearned)); relearning is scored on the {runs[0].attacks['relearn']['examples']} "
+              f"forget examples it did not train on" if "relearn" in names else f"\nrecovery attacks, {label}")
+        header = f"{'method':10} {'before':>6} {'unlearned':>13} " + " ".join(f"{n:>27}" for n in names)
+        print(header)
+        print("-" * len(header))
+        for name, rs in by_method.items():
+            rs = [r for r in rs if r.attacks]
+            cells = []
+            for attack in names:
+                values = [r.attacks[attack][metric] for r in rs]
+                cells.append(f"{_spread([v['attacked'] for v in values])} "
+                             f"({_spread([v['recovery'] for v in values], '.2f')})")
+            print(f"{name:10} {_num(rs[0].before[metric]):>6} {_spread([r.after[metric] for r in rs]):>13} "
+                  + " ".join(f"{c:>27}" for c in cells))
+        control = (runs[0].attacks.get("relearn") or {}).get("control")
+        if control:
+            c = control[metric]
+            print(f"retain model, relearning control (same steps, same held-out examples): {_num(c['before'])} "
+                  f"before -> {_num(c['attacked'])} after")
 
 
 def _print_probes(rows: list) -> None:

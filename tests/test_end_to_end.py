@@ -99,3 +99,29 @@ def test_second_run_reuses_prepared_models_and_joins_running_ray(small_config, t
 
 # A cache of their own for these real-pipeline tests, and no Ray left behind (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("isolated_cache_and_ray")
+
+
+@pytest.mark.slow
+def test_recovery_attacks_run_on_the_workers(small_config, tmp_path, capsys):
+    """`eval.attacks: {}`: every attack runs after the evaluation; summary.json, the printed table and report.md
+    carry each attack's values and recoveries, relearning is scored on the forget examples it did not train on, and
+    the retain model's relearning control is there."""
+    from orchestrator.cli import main
+
+    out = tmp_path / "attacked"
+    assert main(["run", str(small_config), "--method", "graddiff", "--output", str(out),
+                 "--set", "eval.attacks={}", "--set", "eval.attacks.probe.few_shot=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "recovery attacks (recovery = " in printed and "quantise_4bit" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    attacks = summary["attacks"]
+    assert list(attacks) == ["relearn", "quantise_8bit", "quantise_4bit", "rephrase", "few_shot", "worst"]
+    relearn = attacks["relearn"]
+    assert relearn["train_examples"] + relearn["examples"] == summary["forget_size"] == 8
+    for name in ("relearn", "quantise_8bit", "quantise_4bit", "rephrase", "few_shot"):
+        for metric in ("forget_rouge_l", "forget_probability"):
+            value = attacks[name][metric]
+            assert value["attacked"] is not None and value["before"] is not None and value["after"] is not None
+    assert relearn["control"]["forget_probability"]["attacked"] is not None
+    assert attacks["worst"]["forget_rouge_l"]["efficacy"] is not None
+    assert "## Recovery attacks" in (out / "report.md").read_text()

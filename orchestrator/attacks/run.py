@@ -43,6 +43,9 @@ class AttackResult:
     values: dict[str, float | None]  # forget_rouge_l, forget_probability
     seconds: float
     detail: dict[str, Any] = field(default_factory=dict)  # relearn: steps, lr, trained on; quantise: layers
+    # Per original example id: {"rouge_l", "probability"} (a rephrased example's phrasings averaged), so that a
+    # caller can take means over any part of `ids` (a request stream: each request's forget set).
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,17 +70,20 @@ def score_examples(model: torch.nn.Module, tokenizer, examples: Sequence[Example
     return {e.id: {"rouge_l": float(r), "probability": float(p)} for e, r, p in zip(examples, recall, probability)}
 
 
-def mean_values(per_example: dict[str, dict[str, float]]) -> tuple[list[str], dict[str, float | None]]:
-    """(original ids, the metrics' means): a rephrased example's values are averaged into the example it rephrases
-    first, so that every forget example weighs the same whatever its number of phrasings."""
+def per_original(per_example: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per original example id, its values: a rephrased example's phrasings averaged into the example they
+    rephrase, so that every forget example weighs the same whatever its number of phrasings."""
     grouped: dict[str, list[dict[str, float]]] = {}
     for example_id, values in per_example.items():
         grouped.setdefault(original_id(example_id), []).append(values)
-    means = {}
-    for summary_name, name in METRICS.items():
-        per_original = [np.mean([v[name] for v in group]) for group in grouped.values()]
-        means[summary_name] = float(np.mean(per_original)) if per_original else None
-    return list(grouped), means
+    return {i: {name: float(np.mean([v[name] for v in group])) for name in METRICS.values()}
+            for i, group in grouped.items()}
+
+
+def mean_values(scores: dict[str, dict[str, float]]) -> dict[str, float | None]:
+    """The summary metrics' means over `scores` (per original id)."""
+    return {summary_name: float(np.mean([v[name] for v in scores.values()])) if scores else None
+            for summary_name, name in METRICS.items()}
 
 
 def run_attacks(model: torch.nn.Module, tokenizer, data: UnlearningData, forget: Sequence[Example],
@@ -145,8 +151,9 @@ def _quantised(model: torch.nn.Module, tokenizer, forget: Sequence[Example], tem
 def _timed(name: str, attack) -> AttackResult:
     started = time.perf_counter()
     scored, detail = attack()
-    ids, values = mean_values(scored)
-    return AttackResult(name, ids, values, round(time.perf_counter() - started, 3), detail)
+    scores = per_original(scored)
+    return AttackResult(name, list(scores), mean_values(scores), round(time.perf_counter() - started, 3), detail,
+                        {i: {k: round(v, 6) for k, v in values.items()} for i, values in scores.items()})
 
 
 def _copy(model: torch.nn.Module) -> torch.nn.Module:

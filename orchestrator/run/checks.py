@@ -93,7 +93,7 @@ def check_attacks(config: ExperimentConfig, data: "UnlearningData") -> None:
 
         if zero_stage(load_deepspeed_json(config.train.deepspeed)) == 3:
             raise ConfigError("eval.attacks copies the unlearned model on one worker, which ZeRO-3 partitions across "
-                              "all of them: use a ZeRO-2 config, or attack the exported model with `unlearn eval`")
+                              "all of them: use a ZeRO-2 config, or drop eval.attacks")
     if "quantise" in attacks.run and attacks.quantise.method == "nf4" and not config.train.use_gpu:
         raise ConfigError("eval.attacks.quantise.method nf4 needs a GPU (bitsandbytes); on CPU use rtn with bits "
                           "4 and 8")

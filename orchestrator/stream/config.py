@@ -78,6 +78,10 @@ class StreamConfig(_Section):
     keep_checkpoints: int | None = Field(
         None, ge=1, description="Checkpoints kept (one per applied batch, under <method>/checkpoints/; the last "
         "applied one always); null: all (the audit trail points at them).")
+    attack_every: int | None = Field(
+        None, ge=1, description="Every this many applied requests, run the recovery attacks (the experiment's "
+        "eval.attacks, else all of them at their defaults) on the current model and record the recovery of every "
+        "forget set applied so far (ledger, stream_summary.json); null: never.")
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> "StreamConfig":

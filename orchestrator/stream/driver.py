@@ -15,12 +15,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from orchestrator.config import ExperimentConfig
 from orchestrator.errors import ConfigError
 from orchestrator.stream.config import StreamConfig, StreamMethod
 from orchestrator.observe.progress import Progress
+
+if TYPE_CHECKING:
+    from orchestrator.data.schema import UnlearningData
 
 LOCK_FILE = "stream.lock"  # held by the process writing to the stream's folder (`single_writer`)
 
@@ -69,10 +72,28 @@ def run_stream(config: ExperimentConfig, *, requests: str | None = None, follow:
     for method in stream_methods:
         check_method_fits_model(config.with_overrides(**{"method.name": method.name,
                                                          "method.hparams": dict(method.hparams)}))
+    data = check_stream_attacks(config, cfg)
     output = stream_output_dir(config).resolve()
     output.mkdir(parents=True, exist_ok=True)
     with single_writer(output):
-        return _run_locked(config, cfg, stream_methods, output, started, progress)
+        return _run_locked(config, cfg, stream_methods, output, started, progress, data)
+
+
+def check_stream_attacks(config: ExperimentConfig, cfg: StreamConfig) -> "UnlearningData | None":
+    """With `stream.attack_every`, refuse in one line, before Ray starts, attacks that cannot run on this model or
+    data (`check_attacks`, on the attacks the stream would run); the data it loaded for that, for `prepare`."""
+    if cfg.attack_every is None:
+        return None
+    from orchestrator.run.checks import check_attacks
+    from orchestrator.run.prepare import load_data
+    from orchestrator.stream.attacks import with_attacks
+
+    data = load_data(config.data)
+    try:
+        check_attacks(with_attacks(config), data)
+    except ConfigError as err:
+        raise ConfigError(f"stream.attack_every: {err}") from None
+    return data
 
 
 @contextlib.contextmanager
@@ -99,7 +120,7 @@ def single_writer(output: Path) -> Iterator[None]:
 
 
 def _run_locked(config: ExperimentConfig, cfg: StreamConfig, stream_methods: list[StreamMethod], output: Path,
-                started: float, progress: Progress) -> StreamResult:
+                started: float, progress: Progress, data: "UnlearningData | None" = None) -> StreamResult:
     from orchestrator.models.loading import load_tokenizer
     from orchestrator.run.checks import check_resources
     from orchestrator.run.job import worker_settings
@@ -110,7 +131,10 @@ def _run_locked(config: ExperimentConfig, cfg: StreamConfig, stream_methods: lis
 
     connect_ray(config.ray.address, config.ray.num_cpus, progress)
     check_resources(config)
-    prepared = prepare(config, progress=progress)
+    # Without eval.attacks: `prepare` would relearn the retain model as the control of `unlearn run`'s relearning
+    # attack, which a stream does not report (its recovery is per request, against each request's own before).
+    prepared = prepare(config.model_copy(update={"eval": config.eval.model_copy(update={"attacks": None})}),
+                       progress=progress, data=data)
     tokenizer = load_tokenizer(prepared.tokenizer_dir)
     shape = worker_settings(config)
     with ResidentWorkers(shape.workers, shape.cpus_per_worker, shape.use_gpu, progress=progress,

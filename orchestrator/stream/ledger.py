@@ -9,7 +9,8 @@ from the last applied checkpoint. So a request is applied to the model lineage e
 
 `audit` is append-only: one record per event of a request (what was asked: ids and content hashes; when; the
 method and settings; the evidence of forgetting; the checkpoint it produced). The ledger holds ids and hashes,
-never forget text.
+never forget text. An attack point (`stream.attack_every`) is an `attacked` event of every request applied so far,
+recorded in the transaction of the batch it follows.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from orchestrator.stream.attacks import AttackOutcome, AttackPoint
 
 STATES = ("received", "running", "applied", "failed", "rolled_back", "quarantined")
 LEDGER_FILE = "ledger.sqlite"
@@ -156,9 +159,13 @@ class Ledger:
         return batch
 
     def finish_batch(self, batch: int, state: str, checkpoint: str | None, metrics: dict[int, dict[str, Any]],
-                     batch_metrics: dict[str, Any], timings: dict[str, Any], reason: str | None = None) -> None:
-        """One transaction: the batch and each of its requests (`metrics` by seq) become `state`."""
+                     batch_metrics: dict[str, Any], timings: dict[str, Any], reason: str | None = None,
+                     attacked: tuple[AttackPoint, list[int]] | None = None) -> None:
+        """One transaction: the batch and each of its requests (`metrics` by seq) become `state`; with `attacked`
+        (the attack point after this batch, and the seqs of every request applied so far), one `attacked` event per
+        request, with that request's recovery under each attack."""
         assert state in ("applied", "rolled_back", "failed"), state
+        assert attacked is None or state == "applied", "only an applied batch is attacked"
         seqs = json.loads(self.db.execute("SELECT seqs FROM batches WHERE batch = ?", (batch,)).fetchone()[0])
         with self._transaction():
             self.db.execute("UPDATE batches SET state = ?, checkpoint = ?, finished_at = ?, metrics = ?, "
@@ -171,6 +178,28 @@ class Ledger:
                 self._audit(seq, self._request_id(seq), state,
                             {"batch": batch, "checkpoint": checkpoint, "evidence": metrics.get(seq),
                              "utility": batch_metrics.get("utility"), "reason": reason})
+            if attacked is not None:
+                self._attacked(*attacked)
+
+    def _attacked(self, point: AttackPoint, seqs: list[int]) -> None:
+        out = point.outcome
+        for seq in seqs:
+            self._audit(seq, self._request_id(seq), "attacked",
+                        {"batch": point.batch, "after_request": point.after_request,
+                         "attacks": out.per_request.get(seq, {}), "seconds": out.seconds, "error": out.error})
+
+    def attack_points(self) -> list[AttackPoint]:
+        """The stream's attack points in order, from their `attacked` events (a request no attack scored has an
+        event with no attacks, and no entry in its point's `per_request`)."""
+        points: dict[int, AttackPoint] = {}
+        for row in self.db.execute("SELECT seq, record FROM audit WHERE event = 'attacked' ORDER BY event_id"):
+            record = json.loads(row[1])
+            point = points.setdefault(record["batch"], AttackPoint(record["batch"], record["after_request"],
+                                                                   AttackOutcome({}, record["seconds"],
+                                                                                 record["error"])))
+            if record["attacks"]:
+                point.outcome.per_request[row[0]] = record["attacks"]
+        return list(points.values())
 
     def last_checkpoint(self) -> str | None:
         row = self.db.execute("SELECT checkpoint FROM batches WHERE state = 'applied' ORDER BY batch DESC "

@@ -26,6 +26,7 @@ from orchestrator.run.job import early_stop_rows, method_rows, worker_settings
 from orchestrator.run.prepare import Prepared, eval_settings
 from orchestrator.run.resident import ResidentWorkers
 from orchestrator.run.state import differences, training_identity
+from orchestrator.stream.attacks import AttackPoint, attack_due, describe_point, stream_attacks
 from orchestrator.stream.board import StreamBoard
 from orchestrator.stream.config import StreamConfig, StreamMethod
 from orchestrator.stream.ledger import LEDGER_FILE, Ledger
@@ -191,7 +192,8 @@ class MethodStream:
         self.evaluation = StreamEvaluation(
             tokenizer_dir=self.prepared.tokenizer_dir, data=self.prepared.data, template=self.prepared.template,
             settings=asdict(eval_settings(self.config.eval, self.config.data.max_length)),
-            max_per_split=self.cfg.eval_max_per_split, utility_floor=self.cfg.utility_floor)
+            max_per_split=self.cfg.eval_max_per_split, utility_floor=self.cfg.utility_floor,
+            attacks=stream_attacks(self.config, self.cfg))
         baseline = self.workers.run(ServeModel(
             key=str(self.folder), base_dir=base, dtype=self.config.model.dtype, use_gpu=settings.use_gpu,
             threads=settings.threads, evaluation=self.evaluation,
@@ -284,17 +286,20 @@ class MethodStream:
         named = [r for r in ledger.requests() if r.state != "quarantined" and r.seq <= last]
         excluded = sorted({item for r in named for item in r.items})
         number = ledger.start_batch([w.seq for w in batch], method, ledger.last_checkpoint())
+        attack = attack_due(len(applied), len(batch), self.cfg.attack_every)
         task = ApplyBatch(
             key=str(self.folder), batch=number, request_ids=[w.request_id for w in batch],
             job=self._job(method, [e for w in batch for e in self.examples[w.seq]], set(excluded)),
             current=[(w.seq, self.examples[w.seq]) for w in batch],
             earlier=[(r.seq, self.examples[r.seq]) for r in applied], excluded_ids=excluded,
             baseline_utility=(ledger.get_meta("baseline") or {}).get("model_utility") or 0.0,
-            checkpoint_dir=str(self.folder / CHECKPOINTS / f"batch-{number:05d}"))
+            checkpoint_dir=str(self.folder / CHECKPOINTS / f"batch-{number:05d}"), attack=attack,
+            earlier_before={r.seq: (r.metrics or {}).get("before") for r in applied} if attack else {})
         dispatched = time.time()
         call = self.workers.submit(task)
         self.board.queued, self.board.running = len(ledger.requests("received")), len(batch)
-        return {"batch": number, "call": call, "waiting": batch, "dispatched_at": dispatched}
+        return {"batch": number, "call": call, "waiting": batch, "dispatched_at": dispatched,
+                "applied": [r.seq for r in applied]}
 
     def _job(self, method: dict[str, Any], forget: list, excluded: set[str]) -> TrainJob:
         """The batch's `TrainJob`, built as `unlearn run` builds its own (`orchestrator/run/job.py`): its rows (the
@@ -329,13 +334,16 @@ class MethodStream:
                 "before": result.before.get(w.seq), "after": result.after.get(w.seq),
                 "model_utility": utility, "drift": drift, "queue_s": round(in_flight["dispatched_at"] - w.due, 4),
                 "service_s": round(service, 4), "latency_s": round(finished - w.due, 4)}
-        timings = {**result.timings, "service": round(service, 4),
-                   "outside": round(service - result.timings["build"] - result.timings["train"]
-                                    - result.timings["before_eval"] - result.timings["evaluate"], 4)}
+        inside = sum(result.timings.get(k, 0.0) for k in ("build", "train", "before_eval", "evaluate", "attacks"))
+        timings = {**result.timings, "service": round(service, 4), "outside": round(service - inside, 4)}
         batch_metrics = {"after": {str(k): v for k, v in result.after.items()}, "utility": result.utility,
                          "drift": drift, "train": result.train}
+        seqs = [*in_flight["applied"], *(w.seq for w in in_flight["waiting"])]  # applied so far, this batch too
+        point = None if result.attacks is None else AttackPoint(result.batch, len(seqs), result.attacks)
         ledger.finish_batch(result.batch, result.state, result.checkpoint, per_request, batch_metrics,
-                            timings, result.reason)
+                            timings, result.reason, attacked=None if point is None else (point, sorted(seqs)))
+        if point is not None and (self.mode != "off" or point.outcome.error):
+            self.progress(describe_point(point))
         self._prune_checkpoints(ledger)
         # The Ray dashboard's view (orchestrator/observe/metrics.py): ids, states and numbers, never a forget text.
         waiting_now = len(ledger.requests("received"))

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+from orchestrator.stream.attacks import point_summary
 from orchestrator.stream.drift import drift_series, forget_matrix, percentile, resurgence
 from orchestrator.stream.ledger import LEDGER_FILE, Ledger
 
@@ -24,6 +25,7 @@ def method_summary(folder: Path) -> dict[str, Any]:
         rows = ledger.requests()
         batches = ledger.batches()
         method = ledger.get_meta("method")
+        points = ledger.attack_points()
     finally:
         ledger.close()
     applied = [b for b in batches if b["state"] == "applied"]
@@ -63,6 +65,8 @@ def method_summary(folder: Path) -> dict[str, Any]:
                     "batches": len(batches)},
         "batches": [{k: b[k] for k in ("batch", "seqs", "state", "checkpoint", "timings", "reason")}
                     for b in batches],
+        # stream.attack_every: per attack point, each applied request's recovery under each attack.
+        "attacks": [point_summary(p, ids) for p in points],
     }
 
 
@@ -125,5 +129,22 @@ def _markdown(table: list[dict[str, Any]], methods: dict[str, Any], plots: list[
             lines.append(f"| {r['id'] or '-'} | {r['state']} | {r['batch'] or '-'} | {_fmt(r['latency_s'], 2)} | "
                          f"{_fmt(before.get('rouge_l'), 3)} -> {_fmt(after.get('rouge_l'), 3)} | "
                          f"{_fmt(r['model_utility'])} | {_fmt(r['drift'])} | {r['reason'] or ''} |")
+        lines += _attack_lines(s.get("attacks") or [])
     lines += [""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _attack_lines(points: list[dict[str, Any]]) -> list[str]:
+    """Per attack point, the worst recovery over the requests applied so far (`stream.attack_every`)."""
+    if not points:
+        return []
+    lines = ["", "Recovery attacks: (attacked - after) / (before - after) per request, the worst over requests and "
+             "attacks (0: nothing comes back; 1: back at its level before unlearning).", "",
+             "| after request | batch | worst ROUGE-L recovery | worst probability recovery | seconds |",
+             "|---|---|---|---|---|"]
+    for p in points:
+        cells = [f"{_fmt(w['recovery'], 3)} ({w['attack']}, {w['request']})" if w["attack"] else "-"
+                 for w in (p["worst"]["rouge_l"], p["worst"]["probability"])]
+        shown = p["error"] or f"{sum(p['seconds'].values()):.1f}"
+        lines.append(f"| {p['after_request']} | {p['batch']} | {cells[0]} | {cells[1]} | {shown} |")
+    return lines

@@ -7,7 +7,8 @@ batch of requests with the same worker code as `unlearn run` (`UnlearningWorker.
 `train`, `trained_model`), with a frozen copy of the model before the batch as NPO's/UnDIAL's reference. Then rank
 0 evaluates (the batch's forget sets, every earlier applied one, utility: `orchestrator/evaluation/forget_sets.py`),
 the guard decides, and either rank 0 writes the new model as the batch's checkpoint or every rank restores the
-model from a CPU copy taken before the batch.
+model from a CPU copy taken before the batch. At an attack point (`stream.attack_every`, `ApplyBatch.attack`), rank 0
+then attacks the applied model on every forget set so far (`orchestrator/stream/attacks.py`).
 
 Plain PyTorch engines only: a DeepSpeed engine cannot be rebuilt over a module another engine has already wrapped
 (ZeRO hooks), so `train.deepspeed` is refused by the driver.
@@ -26,9 +27,11 @@ from typing import Any
 import torch
 
 import methods
+from orchestrator.attacks.config import AttacksConfig
 from orchestrator.data.schema import Example, UnlearningData
 from orchestrator.data.tokenize import PromptTemplate
 from orchestrator.run.feed import Forward, WorkerSlot
+from orchestrator.stream.attacks import AttackOutcome, attack_requests
 from orchestrator.worker.checkpoint import written_in_place
 from orchestrator.worker.entry import prepare_worker_process
 from orchestrator.worker.job import TrainJob
@@ -61,6 +64,7 @@ class StreamEvaluation:
     settings: dict[str, Any]  # EvalSettings, asdict
     max_per_split: int
     utility_floor: float
+    attacks: AttacksConfig | None = None  # resolved (`stream_attacks`): what an attack point runs
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class BatchResult:
     utility: dict[str, Any]
     train: dict[str, Any]  # steps, last losses
     timings: dict[str, float] = field(default_factory=dict)
+    attacks: AttackOutcome | None = None  # an attack point's recovery per request seq (current and earlier)
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,8 @@ class ApplyBatch:
     excluded_ids: list[str]  # examples named by any request so far: not counted as utility
     baseline_utility: float
     checkpoint_dir: str  # where rank 0 writes the new model if the batch is applied
+    attack: bool = False  # an attack point: attack the model once the batch is applied (rank 0)
+    earlier_before: dict[int, dict[str, float] | None] = field(default_factory=dict)  # seq -> before its batch
 
     def run(self, slot: WorkerSlot, forward: Forward | None) -> BatchResult | None:
         from orchestrator.evaluation.forget_sets import forget_metrics, utility_data, utility_metrics
@@ -189,12 +196,26 @@ class ApplyBatch:
         t5 = time.perf_counter()
         if rank != 0:
             return None
+        attacked = self._attack(served, before, after) if state == "applied" and self.attack else None
+        t6 = time.perf_counter()
         timings = {"before_eval": t1 - t0, "build": t2 - t1, "train": t3 - t2, "evaluate": t4 - t3,
-                   "checkpoint": t5 - t4, "worker_total": t5 - t0}
+                   "checkpoint": t5 - t4, **({"attacks": t6 - t5} if attacked is not None else {}),
+                   "worker_total": t6 - t0}
         return BatchResult(self.batch, state, reason, checkpoint, before, after, utility,
                            {"steps": worker.global_step, "losses": losses[-3:], "epochs_run": worker.epoch,
                             "early_stop": worker.stopper.summary() if worker.stopper is not None else None},
-                           {k: round(v, 4) for k, v in timings.items()})
+                           {k: round(v, 4) for k, v in timings.items()}, attacked)
+
+    def _attack(self, served: ServedModel, before: dict[int, dict[str, float]],
+                after: dict[int, dict[str, float]]) -> AttackOutcome | None:
+        """Rank 0, after the checkpoint is written: the recovery attacks on the applied model, over this batch's
+        and every earlier request's forget set (before: each request's metrics before its own batch)."""
+        ev = served.evaluation
+        if ev.attacks is None:
+            return None
+        return attack_requests(served.model, served.tokenizer, ev.data, ev.template, _settings(ev), ev.attacks,
+                               self.current + self.earlier, {**self.earlier_before, **before}, after,
+                               set(self.excluded_ids))
 
     def _write_checkpoint(self, model: torch.nn.Module) -> str:
         """The new model as an HF folder, with which batch made it; written whole, then renamed into place."""
