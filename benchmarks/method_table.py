@@ -169,7 +169,7 @@ def _print_attacks(by_method: dict[str, list], prepared) -> None:
         print(f"\nrecovery attacks, {label}: value after the attack (recovery = (attacked - unlearned) / "
               f"(before - unlearned)); relearning is scored on the {runs[0].attacks['relearn']['examples']} "
               f"forget examples it did not train on" if "relearn" in names else f"\nrecovery attacks, {label}")
-        header = f"{'method':10} {'before':>6} {'unlearned':>13} " + " ".join(f"{n:>27}" for n in names)
+        header = f"{'method':14} {'before':>6} {'unlearned':>13} " + " ".join(f"{n:>27}" for n in names)
         print(header)
         print("-" * len(header))
         for name, rs in by_method.items():
@@ -179,13 +179,14 @@ def _print_attacks(by_method: dict[str, list], prepared) -> None:
                 values = [r.attacks[attack][metric] for r in rs]
                 cells.append(f"{_spread([v['attacked'] for v in values])} "
                              f"({_spread([v['recovery'] for v in values], '.2f')})")
-            print(f"{name:10} {_num(rs[0].before[metric]):>6} {_spread([r.after[metric] for r in rs]):>13} "
+            print(f"{name:14} {_num(rs[0].before[metric]):>6} {_spread([r.after[metric] for r in rs]):>13} "
                   + " ".join(f"{c:>27}" for c in cells))
-        control = (runs[0].attacks.get("relearn") or {}).get("control")
-        if control:
-            c = control[metric]
-            print(f"retain model, relearning control (same steps, same held-out examples): {_num(c['before'])} "
-                  f"before -> {_num(c['attacked'])} after")
+        for model in ("target", "retain_model"):  # the same attacks on the models around the unlearned ones
+            values = [runs[0].attacks[a][metric].get(model) for a in names]
+            if any(values):  # the retain model's own value in the "unlearned" column, all forget examples
+                own = _num((runs[0].retain_model or {}).get(metric)) if model == "retain_model" else ""
+                print(f"{model.replace('_', ' '):14} {'':>6} {own:>13} "
+                      + " ".join(f"{_num((v or {}).get('attacked')):>27}" for v in values))
 
 
 def _print_probes(rows: list) -> None:

@@ -122,6 +122,7 @@ def test_recovery_attacks_run_on_the_workers(small_config, tmp_path, capsys):
         for metric in ("forget_rouge_l", "forget_probability"):
             value = attacks[name][metric]
             assert value["attacked"] is not None and value["before"] is not None and value["after"] is not None
-    assert relearn["control"]["forget_probability"]["attacked"] is not None
+    assert relearn["forget_probability"]["retain_model"]["attacked"] is not None  # the relearning control
+    assert attacks["quantise_4bit"]["forget_rouge_l"]["target"]["attacked"] is not None
     assert attacks["worst"]["forget_rouge_l"]["efficacy"] is not None
     assert "## Recovery attacks" in (out / "report.md").read_text()

@@ -27,8 +27,9 @@ class RelearnConfig(_Section):
                              "(model.finetune.lr), else 1e-5 (TOFU's fine-tuning lr for 7B models).")
     batch_size: int | None = Field(None, gt=0, description="Examples per step; default: train.batch_size.")
     seed: int = Field(0, description="Seed of the slice and of the shuffling.")
-    control: bool = Field(True, description="Relearn the retain model the same way (where there is one): what "
-                          "relearning teaches a model that never knew the data is generalisation, not recovery.")
+    control: bool = Field(True, description="Attack the retain model the same way too (where there is one; once "
+                          "per problem, cached): what relearning teaches a model that never knew the data is "
+                          "generalisation, not recovery, and what the other attacks get from it is their floor.")
 
 
 class QuantiseConfig(_Section):

@@ -28,36 +28,37 @@ def subset_mean(per_example: dict[str, dict[str, float]], ids: Sequence[str], na
 
 
 def attack_summary(results: Sequence[dict[str, Any]], before: dict[str, dict[str, float]],
-                   after: dict[str, dict[str, float]], control: dict[str, Any] | None = None,
-                   control_before: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+                   after: dict[str, dict[str, float]], baselines: dict[str, dict[str, dict[str, Any]]] | None = None,
+                   retain_before: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """`summary.json`'s `attacks`: per attack, each metric before, after, attacked and its recovery; then `worst`.
 
     `results`: `AttackResult` dicts of the unlearned model; `before` / `after`: the target's and the unlearned
-    model's per-example forget values (`EvalReport.forget_examples`); `control`: the retain model's relearning
-    result and `control_before` its own per-example values, for the relearning control."""
+    model's per-example forget values (`EvalReport.forget_examples`). `baselines`: the same attacks on the
+    "retain_model" and the "target" (`Prepared.attack_baselines`), with `retain_before` the retain model's own
+    per-example values: per attack and metric, `retain_model` holds its value before and under the attack (for
+    relearning: the control) and the recovery the unlearned model would show by reaching it, `target` the target's
+    value under the attack."""
+    baselines = baselines or {}
     summary: dict[str, Any] = {}
     for result in results:
-        ids = result["ids"]
+        ids, name = result["ids"], result["name"]
         entry: dict[str, Any] = {"examples": len(ids), "seconds": result["seconds"], **result["detail"]}
-        for metric, name in METRICS.items():
-            b, a = subset_mean(before, ids, name), subset_mean(after, ids, name)
+        for metric, key in METRICS.items():
+            b, a = subset_mean(before, ids, key), subset_mean(after, ids, key)
             attacked = result["values"].get(metric)
             entry[metric] = {"before": b, "after": a, "attacked": attacked, "recovery": recovery(b, a, attacked)}
-        if result["name"] == "relearn" and control is not None:
-            entry["control"] = {metric: _control(entry[metric], control, control_before or {}, metric, name)
-                                for metric, name in METRICS.items()}
-        summary[result["name"]] = entry
+            retain = baselines.get("retain_model", {}).get(name)
+            if retain is not None:
+                entry[metric]["retain_model"] = {
+                    "before": subset_mean(retain_before or {}, retain["ids"], key),
+                    "attacked": retain["values"].get(metric),
+                    "recovery": recovery(b, a, retain["values"].get(metric))}
+            target = baselines.get("target", {}).get(name)
+            if target is not None:
+                entry[metric]["target"] = {"attacked": target["values"].get(metric)}
+        summary[name] = entry
     summary["worst"] = worst_case(summary)
     return summary
-
-
-def _control(unlearned: dict[str, Any], control: dict[str, Any], control_before: dict[str, dict[str, float]],
-             metric: str, name: str) -> dict[str, float | None]:
-    """The retain model relearned the same way: its value before and after, and the recovery the unlearned model
-    would show by reaching it (what relearning gives a model that never knew the data)."""
-    attacked = control["values"].get(metric)
-    return {"before": subset_mean(control_before, control["ids"], name), "attacked": attacked,
-            "recovery": recovery(unlearned["before"], unlearned["after"], attacked)}
 
 
 def worst_case(summary: dict[str, Any]) -> dict[str, Any]:

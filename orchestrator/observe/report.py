@@ -58,23 +58,24 @@ def comparison_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-ATTACK_HEADER = ("attack", "metric", "examples", "before", "unlearned", "attacked", "recovery",
-                 "retain model relearned")
+ATTACK_HEADER = ("attack", "metric", "examples", "before", "unlearned", "attacked", "recovery", "target attacked",
+                 "retain model attacked")
 ATTACK_METRICS = {"forget_rouge_l": "forget ROUGE-L", "forget_probability": "forget probability"}
 
 
 def attack_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
-    """Per attack and metric: the examples scored, before, after unlearning, after the attack, the recovery, and
-    (relearning) the retain model's value after the same steps; empty when no attack ran."""
+    """Per attack and metric: the examples scored, before, after unlearning, after the attack, the recovery, the
+    target under the same attack, and the retain model under it (relearning: the same steps, its control); empty
+    when no attack ran."""
     rows = []
     for name, entry in (summary.get("attacks") or {}).items():
         if name == "worst":
             continue
         for metric, label in ATTACK_METRICS.items():
             v = entry[metric]
-            control = (entry.get("control") or {}).get(metric) or {}
             rows.append((name, label, str(entry["examples"]), _fmt(v["before"]), _fmt(v["after"]),
-                         _fmt(v["attacked"]), _fmt(v["recovery"]), _fmt(control.get("attacked"))))
+                         _fmt(v["attacked"]), _fmt(v["recovery"]), _fmt((v.get("target") or {}).get("attacked")),
+                         _fmt((v.get("retain_model") or {}).get("attacked"))))
     return rows
 
 
@@ -172,8 +173,10 @@ def write_report(result_or_summary: Any, output_dir: str | Path) -> Path:
     if summary.get("attacks"):
         lines += ["", "## Recovery attacks", "",
                   "recovery = (attacked - unlearned) / (before - unlearned): 0, nothing comes back; 1, all of it. "
-                  "Relearning is scored on the forget examples it did not train on; the last column is the retain "
-                  "model (which never saw them) after the same steps.", "",
+                  "Relearning is scored on the forget examples it did not train on. The last two columns are the "
+                  "target and the retain model (which never saw the forget set) under the same attack: for "
+                  "relearning, the retain model after the same steps is the control (what relearning teaches by "
+                  "generalisation alone).", "",
                   _markdown(ATTACK_HEADER, attack_rows(summary))]
     if has_curve:
         lines += ["", "## Training", "", "![loss curve](loss_curve.png)"]

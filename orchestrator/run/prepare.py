@@ -22,7 +22,7 @@ from orchestrator.observe.progress import Progress, Steps
 from orchestrator.models.loading import load_tokenizer
 
 REPORT_FILE = "report.json"
-CONTROL_FILE = "control.json"
+ATTACKS_FILE = "attacks.json"
 # Bumped when a cached report gains what later evaluations read from it (2: per-example NLL for the reference
 # attack, gradient-norm AUCs, probes; 3: per-example forget ROUGE-L and probability, for recovery attacks).
 REPORT_VERSION = 3
@@ -40,7 +40,10 @@ class Prepared:
     retain_dir: str | None
     target_report: EvalReport
     retain_report: EvalReport | None
-    relearn_control: dict[str, Any] | None = None  # the retain model relearned as `eval.attacks` says (AttackResult)
+    # The same attacks (`eval.attacks`) on the models around the unlearned one, once per problem: "retain_model" (every
+    # attack: what it gives a model that never saw the forget set, relearning's control) and "target" (every attack
+    # but relearning: how the model before unlearning answers under it). Name -> AttackResult dict.
+    attack_baselines: dict[str, dict[str, dict[str, Any]]] | None = None
 
 
 def load_data(cfg: DataConfig) -> UnlearningData:
@@ -157,13 +160,16 @@ def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progre
                                        settings, None, progress)
     target_report = _cached_report(cache, "target-report", target_dir, eval_spec, tokenizer, data, template,
                                    settings, retain_report, progress)
-    control = None
+    baselines = None
     attacks = attack_plan(config)
-    if attacks is not None and "relearn" in attacks.run and attacks.relearn.control and retain_dir is not None:
-        control = _cached_control(cache, retain_dir, eval_spec, attacks, tokenizer, data, template, settings,
-                                  progress)
+    if attacks is not None:
+        baselines = {"target": _cached_attacks(cache, "target", target_dir, eval_spec, attacks, tokenizer, data,
+                                               template, settings, progress)}
+        if retain_dir is not None and attacks.relearn.control:
+            baselines["retain_model"] = _cached_attacks(cache, "retain", retain_dir, eval_spec, attacks, tokenizer,
+                                                        data, template, settings, progress)
     return Prepared(data, data_fp, template, str(tokenizer_dir), str(target_dir),
-                    None if retain_dir is None else str(retain_dir), target_report, retain_report, control)
+                    None if retain_dir is None else str(retain_dir), target_report, retain_report, baselines)
 
 
 def attack_plan(config: ExperimentConfig) -> AttacksConfig | None:
@@ -174,25 +180,29 @@ def attack_plan(config: ExperimentConfig) -> AttacksConfig | None:
                     config.train.batch_size)
 
 
-def _cached_control(cache: ArtifactCache, retain_dir: str, eval_spec: dict, attacks: AttacksConfig, tokenizer,
-                    data: UnlearningData, template: PromptTemplate, settings: EvalSettings,
-                    progress: Progress) -> dict[str, Any]:
-    """The relearning attack on the retain model, the control of every run's relearning attack (cached)."""
-    relearn_only = attacks.model_copy(update={"run": ["relearn"]})
-    spec = {"model": _model_identity(retain_dir), **eval_spec, "relearn": relearn_only.relearn.model_dump()}
+def _cached_attacks(cache: ArtifactCache, role: str, model_dir: str, eval_spec: dict, attacks: AttacksConfig,
+                    tokenizer, data: UnlearningData, template: PromptTemplate, settings: EvalSettings,
+                    progress: Progress) -> dict[str, dict[str, Any]]:
+    """The attacks on the target (all but relearning, which would teach it what it knows) or the retain model (all),
+    cached: what every run's attacks are read against."""
+    run = [name for name in attacks.run if role != "target" or name != "relearn"]
+    if not run:
+        return {}
+    plan = attacks.model_copy(update={"run": run})
+    spec = {"model": _model_identity(model_dir), **eval_spec, "attacks": plan.model_dump()}
 
     def build(folder: Path) -> None:
         from orchestrator.attacks.run import run_attacks
         from orchestrator.evaluation.evaluate import subsample
         from orchestrator.models.loading import load_causal_lm
 
-        progress("relearning the retain model (the control of the relearning attack)")
+        progress(f"attacking the {role} model ({', '.join(run)}): what every run's attacks are read against")
         forget = subsample(data.forget, settings.max_forget_examples, settings.seed)
-        [result] = run_attacks(load_causal_lm(retain_dir), tokenizer, data, forget, template, settings, relearn_only)
-        (folder / CONTROL_FILE).write_text(json.dumps(result.to_dict()))
+        results = run_attacks(load_causal_lm(model_dir), tokenizer, data, forget, template, settings, plan)
+        (folder / ATTACKS_FILE).write_text(json.dumps({r.name: r.to_dict() for r in results}))
 
-    folder, _ = cache.get_or_build(content_key("relearn-control", spec), build, spec)
-    return json.loads((folder / CONTROL_FILE).read_text())
+    folder, _ = cache.get_or_build(content_key(f"{role}-attacks", spec), build, spec)
+    return json.loads((folder / ATTACKS_FILE).read_text())
 
 
 def _cached_report(cache: ArtifactCache, kind: str, model_dir: str, eval_spec: dict, tokenizer, data: UnlearningData,

@@ -183,7 +183,7 @@ def _attacks(evaluation: dict[str, Any], before: EvalReport | None, prepared: Pr
         return None
     retain = prepared.retain_report
     return attack_summary(evaluation["attack_results"], before.forget_examples if before is not None else {},
-                          evaluation.get("forget_examples") or {}, prepared.relearn_control,
+                          evaluation.get("forget_examples") or {}, prepared.attack_baselines or {},
                           retain.forget_examples if retain is not None else None)
 
 

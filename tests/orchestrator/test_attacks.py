@@ -98,15 +98,21 @@ def test_the_summary_scores_each_attack_on_its_own_examples():
     control = {"name": "relearn", "ids": ["b", "c"], "values": {"forget_rouge_l": 0.2, "forget_probability": 0.2},
                "seconds": 1.0, "detail": {}}
     control_before = {"b": {"rouge_l": 0.0, "probability": 0.05}, "c": {"rouge_l": 0.1, "probability": 0.05}}
-    summary = attack_summary(results, before, after, control, control_before)
+    target = {"name": "quantise_4bit", "ids": ["a", "b", "c"],
+              "values": {"forget_rouge_l": 0.75, "forget_probability": 0.6}, "seconds": 1.0, "detail": {}}
+    summary = attack_summary(results, before, after, {"retain_model": {"relearn": control},
+                                                      "target": {"quantise_4bit": target}}, control_before)
     relearn = summary["relearn"]["forget_rouge_l"]
     # relearn on b and c: before (0.8 + 0.6) / 2 = 0.7, after 0.1, attacked 0.5 -> (0.5 - 0.1) / 0.6
     assert relearn["before"] == pytest.approx(0.7) and relearn["after"] == pytest.approx(0.1)
     assert relearn["recovery"] == pytest.approx(0.4 / 0.6)
     assert summary["relearn"]["examples"] == 2 and summary["relearn"]["train_examples"] == 1
-    control_rouge = summary["relearn"]["control"]["forget_rouge_l"]
+    control_rouge = summary["relearn"]["forget_rouge_l"]["retain_model"]
     assert control_rouge["before"] == pytest.approx(0.05) and control_rouge["attacked"] == 0.2
     assert control_rouge["recovery"] == pytest.approx(0.1 / 0.6)
+    assert "target" not in summary["relearn"]["forget_rouge_l"]
+    assert summary["quantise_4bit"]["forget_rouge_l"]["target"] == {"attacked": 0.75}
+    assert "retain_model" not in summary["quantise_4bit"]["forget_rouge_l"]
     quantised = summary["quantise_4bit"]["forget_probability"]
     assert quantised["recovery"] == pytest.approx((0.5 - 0.1) / (0.7 - 0.1))
     worst = summary["worst"]

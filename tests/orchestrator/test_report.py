@@ -53,11 +53,12 @@ def test_the_attacks_table_in_the_terminal_and_the_report(tmp_path):
                 "values": {"forget_rouge_l": 0.1, "forget_probability": 0.1}, "seconds": 1.0, "detail": {}}]
     control = {"name": "relearn", "ids": ["b"], "values": {"forget_rouge_l": 0.25, "forget_probability": 0.3},
                "seconds": 1.0, "detail": {}}
-    attacked = {**summary(), "attacks": attack_summary(results, before, after, control, before)}
+    attacked = {**summary(), "attacks": attack_summary(results, before, after, {"retain_model": {"relearn": control}},
+                                                       before)}
     table = text_table(attacked)
     assert "recovery attacks" in table
     # relearn, forget ROUGE-L on b: before 0.8, after 0.0, attacked 0.4 -> recovery 0.5; the retain model 0.25
-    assert any(line.split() == ["relearn", "forget", "ROUGE-L", "1", "0.800", "0.000", "0.400", "0.500", "0.250"]
+    assert any(line.split() == ["relearn", "forget", "ROUGE-L", "1", "0.800", "0.000", "0.400", "0.500", "-", "0.250"]
                for line in table.splitlines()), table
     assert "recovery attacks" not in text_table(summary())
     text = write_report(attacked, tmp_path).read_text()
