@@ -144,3 +144,23 @@ def test_text_grid_reads_its_grid_and_writes_another_shelf(tmp_path):
     assert [Path(p).name for p in config.data.text.retain] == ["book-6.txt", "book-7.txt", "book-8.txt"]
     assert text_grid.ratios({"verbatim_memorisation": 0.8, "retain_verbatim_memorisation": 1.0},
                             {"verbatim_memorisation": 0.2, "retain_verbatim_memorisation": 0.9}) == (0.25, 0.9)
+
+
+def test_the_method_table_over_seeds_gives_spreads_and_per_seed_verdicts(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    table = load_script("method_table")
+    assert table._spread([0.1, 0.3, 0.2]) == "0.200±0.100" and table._spread([None]) == "-"
+    before = {"forget_rouge_l": 1.0, "retain_rouge_l": 1.0}
+
+    def run(method, forget, retain):
+        after = {"forget_rouge_l": forget, "retain_rouge_l": retain, "forget_probability": 0.1,
+                 "model_utility": 0.5, "mia_auc": 0.5}
+        return SimpleNamespace(method=method, before=before, after=after, attacks=None, retain_model=None)
+
+    rows = [run("npo", 0.3, 0.9), run("npo", 0.4, 0.95), run("undial", 0.3, 0.9), run("undial", 0.6, 0.9)]
+    assert table._seed_table(rows, [0, 1], str(tmp_path), prepared=None) == 0
+    printed = capsys.readouterr().out
+    assert "ok 2/2" in printed and "mixed 1/2" in printed and "0.350±0.050" in printed
+    saved = json.loads((tmp_path / "table.json").read_text())
+    assert [m["verdict"] for m in saved["methods"]] == ["ok 2/2", "mixed 1/2"]
