@@ -187,6 +187,18 @@ def test_resuming_a_sweep_whose_saved_experiment_is_cut_short_names_the_file_and
     assert "\n" not in str(err.value) and saved.read_text().startswith('{"name"')
 
 
+def _summary_ranked_on(raw: dict, trials: list[dict], efficacy: str, winner: str) -> dict:
+    """The sweep summary of `trials` ranked on `efficacy`, checked to put `winner`'s best cell first."""
+    from orchestrator.sweep.report import build_summary
+
+    config = parse_config({"sweep": {**raw, "efficacy": efficacy}})
+    defaults = {m: train_defaults(config, m) for m in ("ga", "npo")}
+    summary = build_summary(config, trials, defaults, slots=1, sessions=[{"wall_seconds": 2.0}])
+    best = {m: summary["robustness"][m]["best"] for m in ("ga", "npo")}
+    assert max(best, key=best.get) == winner, efficacy
+    return summary
+
+
 def test_a_sweep_can_rank_on_efficacy_against_the_retain_model():
     """GA wipes the forget set (rouge_efficacy 1.0) past the retain model (retain_efficacy 0.2); NPO stops at the
     retain model's level (0.6, 1.0). Ranked on the target (the default) GA's cell wins its score; ranked on the
@@ -201,11 +213,7 @@ def test_a_sweep_can_rank_on_efficacy_against_the_retain_model():
                "score": tradeoff_score(e, u), "score_retain": tradeoff_score(r, u), "score_forget_quality": None,
                "seconds": 1.0, "timings": {"train_loop": 1.0, "evaluate": 0.0}} for m, (e, r, u) in points.items()]
     for efficacy, winner in (("forget_rouge_l", "ga"), ("retain_model", "npo")):
-        config = parse_config({"sweep": {**raw, "efficacy": efficacy}})
-        defaults = {m: train_defaults(config, m) for m in ("ga", "npo")}
-        summary = build_summary(config, trials, defaults, slots=1, sessions=[{"wall_seconds": 2.0}])
-        best = {m: summary["robustness"][m]["best"] for m in ("ga", "npo")}
-        assert max(best, key=best.get) == winner, efficacy
+        summary = _summary_ranked_on(raw, trials, efficacy, winner)
         text = markdown(summary, [])
         assert "retain_efficacy" in summary["pareto"] and "forget ROUGE-L against the retain model's" in text
     assert "use **retain_efficacy** as forget efficacy" in text
@@ -237,11 +245,7 @@ def test_a_sweep_can_rank_on_the_efficacy_left_under_attack():
                "score_attacked": tradeoff_score(a, 0.9), "score_retain": None, "score_forget_quality": None,
                "seconds": 1.0, "timings": {"train_loop": 1.0, "evaluate": 0.0}} for m, (e, a, w) in points.items()]
     for efficacy, winner in (("forget_rouge_l", "ga"), ("attacked", "npo")):
-        config = parse_config({"sweep": {**raw, "efficacy": efficacy}})
-        defaults = {m: train_defaults(config, m) for m in ("ga", "npo")}
-        summary = build_summary(config, trials, defaults, slots=1, sessions=[{"wall_seconds": 2.0}])
-        best = {m: summary["robustness"][m]["best"] for m in ("ga", "npo")}
-        assert max(best, key=best.get) == winner, efficacy
+        summary = _summary_ranked_on(raw, trials, efficacy, winner)
     text = markdown(summary, [])
     assert "use **attacked_efficacy** as forget efficacy" in text
     assert "| ga | 0.900 | 0.200 | 0.700 |" in text and "attacked_efficacy" in summary["pareto"]
