@@ -52,6 +52,9 @@ def test_unlearn_run_writes_summary_model_and_report(small_config, tmp_path, cap
     assert summary["seconds"] > 0 and summary["world_size"] == 1
     assert summary["forget_size"] == 8
     assert summary["history"] and summary["history"][-1]["step"] == summary["train"]["steps"]
+    throughput = summary["train"]["throughput"]
+    assert 0 < throughput["tokens"] < throughput["padded_positions"] and 0 < throughput["padding_share"] < 1
+    assert throughput["tokens_per_second"] > 0 and len(throughput["peak_memory_bytes_per_rank"]) == 1
     # The unlearned model is a plain HF folder that loads on its own.
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert model.config.num_hidden_layers == 2

@@ -160,7 +160,7 @@ def run_unlearning(
         retain_model=prepared.retain_report.summary if prepared.retain_report else None,
         train={"steps": train_summary.steps, "epochs_run": train_summary.epochs_run,
                "reference_cache": train_summary.reference_cache, "parameters": train_summary.parameters,
-               "resumed_from_step": train_summary.resumed_from_step,
+               "resumed_from_step": train_summary.resumed_from_step, "throughput": train_summary.throughput,
                "early_stop": train_summary.early_stop, "config": config.model_dump()},
         run_name=run_name,
         settings=_effective_settings(config, job, train_summary, ray_how),

@@ -95,6 +95,8 @@ class WorkerSummary:
     threads: int
     evaluation: dict[str, Any] | None  # the unlearned model's EvalReport, as a dict
     clock: dict[str, float] = field(default_factory=dict)  # wall clock entering and leaving the train function
+    # tokens, padding share, tokens/s, peak memory per rank (orchestrator/worker/throughput.py)
+    throughput: dict[str, Any] = field(default_factory=dict)
 
     @property
     def train_seconds(self) -> float:

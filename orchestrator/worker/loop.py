@@ -35,6 +35,7 @@ from orchestrator.worker.early_stop import PerplexityStop
 from orchestrator.worker.engine import TorchStepEngine, linear_schedule
 from orchestrator.worker.job import TrainJob, WorkerSummary
 from orchestrator.worker.ranks import across_workers, gather, worker_context
+from orchestrator.worker.throughput import Throughput
 from orchestrator.worker.reports import report
 
 HEARTBEAT_S = 60.0  # lines mode: one line per epoch, and within a long epoch at most one a minute
@@ -65,6 +66,7 @@ class UnlearningWorker:
         self.checkpoint_folder = checkpoint_folder
         self.report_tags = dict(report_tags or {})
         self.on_report = on_report if self.rank == 0 else None
+        self.throughput = Throughput()
 
     # --- setup --------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -205,6 +207,7 @@ class UnlearningWorker:
             shown.set_total(self.global_step + steps * (epochs - self.epoch))
             window: list[dict[str, float]] = []
             for step_in_epoch, batch in enumerate(self.batches.epoch(self.epoch)):
+                self.throughput.count(batch)  # on the host, before the copy: no device sync per step
                 batch = {name: self._to_device(part) for name, part in batch.items()}
                 batch = with_global_denominators(batch, self.world_size)  # means over the global batch
                 logs = self.method.training_step(self.engine.model, batch, self.engine)
@@ -240,6 +243,7 @@ class UnlearningWorker:
             every = self.cfg.checkpoint_every_epochs or (1 if self.cfg.max_failures else 0)
             if every and self.epoch % every == 0 and self.epoch < epochs:
                 self._checkpoint()
+        self.throughput.seconds += time.perf_counter() - started
         shown.close()
 
     def _early_stop(self, epoch: float) -> bool:
@@ -361,6 +365,7 @@ class UnlearningWorker:
         """Every rank's last report; rank 0 returns the run's summary."""
         local, total = self.engine.partition_numel()
         per_worker = gather(local, self.world_size)
+        throughput = self.throughput.across_ranks(self.world_size, self.device)
         after = evaluation["summary"] if evaluation else None
         self.tagged_report({"epoch": float(self.epoch), "step": self.global_step, "final": 1.0,
                             **({"after": after} if after is not None else {})})
@@ -374,7 +379,8 @@ class UnlearningWorker:
             resumed_from_step=self.resumed_from_step,
             kept_forget_indices=sorted(self.kept) if self.kept is not None else None,
             reference_cache={"hits": self.method.reference_cache.hits, "misses": self.method.reference_cache.misses},
-            device=str(self.device), dtype=self.job.dtype, threads=torch.get_num_threads(), evaluation=evaluation)
+            device=str(self.device), dtype=self.job.dtype, threads=torch.get_num_threads(), evaluation=evaluation,
+            throughput=throughput)
 
     # --- helpers ------------------------------------------------------------------------------------------
     def _to_device(self, part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

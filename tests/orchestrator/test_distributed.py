@@ -253,6 +253,9 @@ def test_two_zero3_workers_match_one_worker_on_the_same_global_batch(zero3_two_w
     logged loss and the final forget NLL agree to 1e-5 relative."""
     (two, two_out), (one, one_out) = zero3_two_workers, torch_one_worker
     _assert_same_run(two, two_out, one, one_out, "2 ZeRO-3 workers")
+    # The same rows, split across the ranks: the same real tokens; the padding depends on each rank's batch width.
+    assert two["throughput"]["tokens"] == one["throughput"]["tokens"] > 0
+    assert len(two["throughput"]["peak_memory_bytes_per_rank"]) == 2
 
 
 @pytest.mark.slow
