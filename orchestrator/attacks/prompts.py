@@ -34,10 +34,15 @@ def few_shot_template(template: PromptTemplate, retain: Sequence[Example], shots
                       exclude: Sequence[Example] = (), seed: int = 0) -> PromptTemplate:
     """`template` with `shots` retained question/answer pairs (by hashed id, none of `exclude`: the neighbours,
     whose answers can give a forget fact away) written before every question."""
-    left_out = {example.id for example in exclude}
-    pool = [e for e in retain if e.kind == "qa" and e.id not in left_out]
+    pool = few_shot_pool(retain, exclude)
     if len(pool) < shots:
         raise ValueError(f"a {shots}-shot prefix needs {shots} retained question/answer pairs, the data has "
                          f"{len(pool)}")
     chosen = sorted(pool, key=lambda e: hashlib.sha256(f"shots:{seed}:{e.id}".encode()).digest())[:shots]
     return replace(template, context="".join(template.shot(e.question, e.answer) for e in chosen))
+
+
+def few_shot_pool(retain: Sequence[Example], exclude: Sequence[Example] = ()) -> list[Example]:
+    """The retained question/answer pairs a few-shot prefix may draw on: none of `exclude` (the neighbours)."""
+    left_out = {example.id for example in exclude}
+    return [e for e in retain if e.kind == "qa" and e.id not in left_out]

@@ -106,7 +106,9 @@ def check_attacks(config: ExperimentConfig, data: "UnlearningData") -> None:
         if split != "forget" and not getattr(data, split):
             raise ConfigError(f"eval.attacks.relearn.data={split!r}: the data ({data.name}) has no {split} examples")
     if "probe" in attacks.run and attacks.probe.few_shot:
-        pool = {e.id for e in data.retain if e.kind == "qa"} - {e.id for e in data.neighbour}
+        from orchestrator.attacks.prompts import few_shot_pool
+
+        pool = few_shot_pool(data.retain, exclude=data.neighbour)
         if len(pool) < attacks.probe.few_shot:
             raise ConfigError(f"eval.attacks.probe.few_shot={attacks.probe.few_shot}: the data ({data.name}) has "
                               f"{len(pool)} retained question/answer pairs outside the neighbours")

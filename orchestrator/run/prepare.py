@@ -172,6 +172,14 @@ def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progre
                     None if retain_dir is None else str(retain_dir), target_report, retain_report, baselines)
 
 
+def with_default_attacks(config: ExperimentConfig) -> ExperimentConfig:
+    """`config` with `eval.attacks` at its defaults (every attack) where it names none: what `sweep.attacks` and
+    `stream.attack_every` attack with."""
+    if config.eval.attacks is not None:
+        return config
+    return config.with_overrides(**{"eval.attacks": {}})
+
+
 def attack_plan(config: ExperimentConfig) -> AttacksConfig | None:
     """`eval.attacks` with its relearning defaults filled in for this model and run; None without attacks."""
     if config.eval.attacks is None:

@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from orchestrator.attacks.config import AttacksConfig
-from orchestrator.attacks.recovery import recovery
+from orchestrator.attacks.recovery import METRICS as ATTACK_METRICS
+from orchestrator.attacks.recovery import recovery, subset_mean
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from orchestrator.data.tokenize import PromptTemplate
     from orchestrator.stream.config import StreamConfig
 
-METRICS = ("rouge_l", "probability")  # the per-request forget metrics a stream measures (`forget_sets.py`)
+METRICS = tuple(ATTACK_METRICS.values())  # rouge_l, probability: what a stream measures per request too
 
 # seq -> attack name -> metric -> {"attacked", "recovery"}
 PerRequest = dict[int, dict[str, dict[str, dict[str, float | None]]]]
@@ -56,22 +57,14 @@ class AttackPoint:
     outcome: AttackOutcome
 
 
-def with_attacks(config: "ExperimentConfig") -> "ExperimentConfig":
-    """`config` with `eval.attacks` at its defaults (every attack) where it has none: what a stream attacks with
-    when `stream.attack_every` is set and the experiment names no attacks of its own."""
-    if config.eval.attacks is not None:
-        return config
-    return config.model_copy(update={"eval": config.eval.model_copy(update={"attacks": AttacksConfig()})})
-
-
 def stream_attacks(config: "ExperimentConfig", cfg: "StreamConfig") -> AttacksConfig | None:
     """The attacks a stream runs every `cfg.attack_every` applied requests: the experiment's `eval.attacks`, else
     all of them at their defaults, resolved as `unlearn run` resolves its own (`attack_plan`); None when off."""
     if cfg.attack_every is None:
         return None
-    from orchestrator.run.prepare import attack_plan
+    from orchestrator.run.prepare import attack_plan, with_default_attacks
 
-    return attack_plan(with_attacks(config))
+    return attack_plan(with_default_attacks(config))
 
 
 def attack_due(applied_before: int, batch_size: int, every: int | None) -> bool:
@@ -97,13 +90,11 @@ def request_recovery(results: Sequence[Mapping[str, Any]], groups: Mapping[int, 
     for seq, ids in groups.items():
         b, a = before.get(seq) or {}, after.get(seq) or {}
         for result in results:
-            scored = [result["scores"][i] for i in ids if i in result["scores"]]
-            if not scored:
+            if not any(i in result["scores"] for i in ids):
                 continue
             entry = {}
             for metric in METRICS:
-                values = [s[metric] for s in scored if s.get(metric) is not None]
-                attacked = sum(values) / len(values) if values else None
+                attacked = subset_mean(result["scores"], ids, metric)
                 entry[metric] = {"attacked": attacked, "recovery": recovery(b.get(metric), a.get(metric), attacked)}
             out.setdefault(seq, {})[result["name"]] = entry
     return out

@@ -85,12 +85,11 @@ def check_stream_attacks(config: ExperimentConfig, cfg: StreamConfig) -> "Unlear
     if cfg.attack_every is None:
         return None
     from orchestrator.run.checks import check_attacks
-    from orchestrator.run.prepare import load_data
-    from orchestrator.stream.attacks import with_attacks
+    from orchestrator.run.prepare import load_data, with_default_attacks
 
     data = load_data(config.data)
     try:
-        check_attacks(with_attacks(config), data)
+        check_attacks(with_default_attacks(config), data)
     except ConfigError as err:
         raise ConfigError(f"stream.attack_every: {err}") from None
     return data

@@ -138,15 +138,15 @@ def resume_sweep(folder: str | Path, progress: Progress = print) -> SweepResult:
 
 
 def _run(config: ExperimentConfig, folder: Path, resume: bool, progress: Progress) -> SweepResult:
-    from orchestrator.run.prepare import prepare
+    from orchestrator.run.prepare import prepare, with_default_attacks
     from orchestrator.observe.progress import LiveTable, progress_mode
     from orchestrator.run.ray_session import connect_ray
     from orchestrator.sweep.monitor import SweepBoard, watch
     from orchestrator.sweep.report import write_sweep_report
 
     assert config.sweep is not None
-    if config.sweep.attacks and config.eval.attacks is None:  # every trial attacks its model, at the defaults
-        config = config.with_overrides(**{"eval.attacks": {}})
+    if config.sweep.attacks:  # every trial attacks its model (at the defaults where eval.attacks names none)
+        config = with_default_attacks(config)
     sweep = config.sweep
     connect_ray(config.ray.address, config.ray.num_cpus, progress)
     prepared = prepare(config, progress=progress)  # once, here: every trial starts from the warm result
