@@ -15,12 +15,12 @@ to cache the frozen reference model's outputs). Parts:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Protocol
+from typing import Any, Callable, ClassVar, Iterable, Literal, Protocol
 
 import torch
 
 from methods import registry
-from methods.numerics import shift_for_next_token, token_mask
+from methods.numerics import next_token_log_softmax, sequence_logprob, shift_for_next_token, token_mask
 from methods.spec import Hyperparameters, MethodProfile
 
 Batch = dict[str, dict[str, torch.Tensor]]
@@ -34,6 +34,41 @@ class StepEngine(Protocol):
 
     def step(self) -> None:
         """Optimizer step, scheduler step and zero_grad."""
+
+
+@dataclass(frozen=True)
+class ReferenceValue:
+    """One value a loss reads from the frozen reference model, per example of one batch part.
+
+    Declared by the method (`UnlearningMethod.reference_values`) so that the training loop can compute every one of
+    them before training, each worker its share, and then release the reference model; the loss reads them through
+    the method's `ReferenceCache` (`UnlearningMethod.reference_value`) either way.
+    """
+
+    part: str  # the batch part ("forget", "retain", "alternate", "analogous")
+    key: str  # the cache key; unique per value (alternate row i shares its index with forget row i)
+    per: Literal["sequence", "token"]  # a scalar per row, or a row per labelled position
+    compute: Callable[[torch.Tensor, BatchPart], torch.Tensor]  # (the reference's logits, the part) -> values
+    dtype: torch.dtype = torch.float32  # as cached
+
+
+def _sequence_logprob(logits: torch.Tensor, part: BatchPart) -> torch.Tensor:
+    return sequence_logprob(logits, part["labels"])
+
+
+def _log_softmax(logits: torch.Tensor, part: BatchPart) -> torch.Tensor:
+    return next_token_log_softmax(logits, part["labels"])[0]
+
+
+def reference_sequence_logprob(part: str) -> ReferenceValue:
+    """log p_ref(y|x) per sequence of `part` (NPO, DPO)."""
+    return ReferenceValue(part, f"{part}_logprob", "sequence", _sequence_logprob)
+
+
+def reference_log_softmax(part: str) -> ReferenceValue:
+    """p_ref's next-token log-distribution at `part`'s labelled positions (KL, UnDIAL, ICU), cached in float16
+    (bounded log-probs tolerate it; half the memory of float32)."""
+    return ReferenceValue(part, f"{part}_log_softmax", "token", _log_softmax, torch.float16)
 
 
 @dataclass(frozen=True)
@@ -54,17 +89,17 @@ class UnlearningMethod:
 
     name: ClassVar[str]
     Hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
+    # True when the method reads the reference model beyond its `reference_values` (ICU's generations, RMU's
+    # activations): the loop then keeps the reference for the whole run.
+    keeps_reference: ClassVar[bool] = False
 
     def __init__(self, hparams: Hyperparameters, reference: torch.nn.Module | None = None) -> None:
         self.profile: MethodProfile = registry.profile(self.name, hparams)
         if self.needs_reference and reference is None:
             raise ValueError(f"method {self.name!r} needs a frozen reference model; pass reference=...")
         self.hparams = hparams
-        self.reference = reference
-        if reference is not None:
-            reference.eval()
-            for parameter in reference.parameters():
-                parameter.requires_grad_(False)
+        self.reference: torch.nn.Module | None = None
+        self.replace_reference(reference)
         self.reference_cache = ReferenceCache()
 
     @property
@@ -86,6 +121,32 @@ class UnlearningMethod:
     @property
     def supports_deepspeed(self) -> bool:
         return self.profile.supports_deepspeed
+
+    @property
+    def reference_values(self) -> tuple[ReferenceValue, ...]:
+        """What the loss reads from the reference model, per example; the default reads nothing."""
+        return ()
+
+    @property
+    def releases_reference(self) -> bool:
+        """Once every `reference_values` entry is cached, the reference model is no longer needed."""
+        return bool(self.reference_values) and not self.keeps_reference
+
+    def reference_value(self, value: ReferenceValue, part: BatchPart) -> torch.Tensor:
+        """`value` for the rows of `part`: from the cache, else from a reference forward (then cached)."""
+        return self.reference_cache.lookup(value, part, self.reference_logits)
+
+    def replace_reference(self, reference: torch.nn.Module | None) -> None:
+        """Use `reference` (frozen here: eval mode, no gradients) as the reference model from now on."""
+        if reference is not None:
+            reference.eval()
+            for parameter in reference.parameters():
+                parameter.requires_grad_(False)
+        self.reference = reference
+
+    def release_reference(self) -> None:
+        """Drop the reference model (its values are all cached): a lookup that misses from now on is an error."""
+        self.reference = None
 
     # --- the contract -------------------------------------------------------------------------------------
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -148,7 +209,10 @@ class UnlearningMethod:
 
     @torch.no_grad()
     def reference_logits(self, part: BatchPart) -> torch.Tensor:
-        assert self.reference is not None
+        if self.reference is None:
+            rows = part["index"].tolist()[:5]
+            raise RuntimeError(f"{self.name}: the reference model was released after its values were computed, but "
+                               f"rows {rows} of a batch were not among them")
         return self.reference(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
 
     def __repr__(self) -> str:
@@ -177,6 +241,28 @@ class ReferenceCache:
 
     def __len__(self) -> int:
         return len(self._sequence) + len(self._token)
+
+    def lookup(self, value: ReferenceValue, part: BatchPart,
+               logits: Callable[[BatchPart], torch.Tensor]) -> torch.Tensor:
+        """`value` for `part`'s rows; `logits(part)` (the reference forward) runs only on a miss."""
+        compute = lambda p: value.compute(logits(p), p)  # noqa: E731
+        if value.per == "sequence":
+            return self.per_sequence(value.key, part, compute)
+        return self.per_token(value.key, part, compute, dtype=value.dtype)
+
+    def has(self, value: ReferenceValue, index: int) -> bool:
+        return (value.key, index) in (self._sequence if value.per == "sequence" else self._token)
+
+    def entries(self, value: ReferenceValue, indices: Iterable[int]) -> list[tuple[int, torch.Tensor]]:
+        """The cached rows of `value` among `indices` (to hand to another worker)."""
+        store = self._sequence if value.per == "sequence" else self._token
+        return [(i, store[(value.key, i)]) for i in indices if (value.key, i) in store]
+
+    def add(self, value: ReferenceValue, rows: Iterable[tuple[int, torch.Tensor]]) -> None:
+        """Rows of `value` computed elsewhere (another worker's share), as `entries` gave them."""
+        store = self._sequence if value.per == "sequence" else self._token
+        for index, tensor in rows:
+            store[(value.key, int(index))] = tensor
 
     def per_sequence(
         self, key: str, part: BatchPart, compute: Callable[[BatchPart], torch.Tensor]

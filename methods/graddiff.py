@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.base import Batch, BatchPart, UnlearningMethod, as_float_logs
+from methods.base import Batch, BatchPart, ReferenceValue, UnlearningMethod, as_float_logs, reference_log_softmax
 from methods.hyperparameters import GradDiffHyperparameters, KLHyperparameters
 from methods.numerics import (
     forward_logits,
@@ -18,6 +18,9 @@ from methods.numerics import (
     token_denominator,
     token_mean_nll,
 )
+
+
+RETAIN_REFERENCE = reference_log_softmax("retain")
 
 
 def retain_kl(method: UnlearningMethod, model: torch.nn.Module, retain: BatchPart) -> torch.Tensor:
@@ -29,12 +32,7 @@ def retain_kl(method: UnlearningMethod, model: torch.nn.Module, retain: BatchPar
     per example in float16 (they never change; half the memory of float32).
     """
     log_p, mask = next_token_log_softmax(forward_logits(model, retain), retain["labels"])
-    cached = method.reference_cache.per_token(
-        "retain_log_softmax",
-        retain,
-        lambda part: next_token_log_softmax(method.reference_logits(part), part["labels"])[0],
-        dtype=torch.float16,
-    )
+    cached = method.reference_value(RETAIN_REFERENCE, retain)
     # Renormalise what float16 rounding left (|error| <= 2^-11 |log p|): p_ref sums to 1 again and the KL stays >= 0.
     log_p_ref = torch.log_softmax(cached, dim=-1)
     kl_per_token = (log_p_ref.exp() * (log_p_ref - log_p)).sum(dim=-1)
@@ -50,6 +48,10 @@ class GradDiff(UnlearningMethod):
     def __init__(self, hparams: GradDiffHyperparameters, reference: torch.nn.Module | None = None) -> None:
         super().__init__(hparams, reference)
         self.retain_loss = getattr(hparams, "retain_loss", "kl")  # `kl` has no such field: its retain term is the KL
+
+    @property
+    def reference_values(self) -> tuple[ReferenceValue, ...]:
+        return (RETAIN_REFERENCE,) if self.needs_reference else ()
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         forget = batch["forget"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.base import Batch, ForgetSample, UnlearningMethod, as_float_logs
+from methods.base import Batch, ForgetSample, ReferenceValue, UnlearningMethod, as_float_logs, reference_log_softmax
 from methods.hyperparameters import ICUHyperparameters
 from methods.icu_metrics import (
     extraction_likelihood,
@@ -39,6 +39,12 @@ class ICU(UnlearningMethod):
 
     name = "icu"
     Hyperparameters = ICUHyperparameters
+    ORIGINAL = reference_log_softmax("analogous")
+    keeps_reference = True  # the holdout's never-seen level is measured on the original model (`_should_stop`)
+
+    @property
+    def reference_values(self) -> tuple[ReferenceValue, ...]:
+        return (self.ORIGINAL,)
 
     def __init__(self, hparams: ICUHyperparameters, reference: torch.nn.Module | None = None) -> None:
         super().__init__(hparams, reference)
@@ -53,12 +59,7 @@ class ICU(UnlearningMethod):
         analogous_tokens = token_denominator(analogous)
         analogous_nll = token_mean_nll(analogous_logits, analogous["labels"], analogous_tokens)
         log_q, mask = next_token_log_softmax(analogous_logits, analogous["labels"])
-        log_p_original = self.reference_cache.per_token(
-            "analogous_log_softmax",
-            analogous,
-            lambda part: next_token_log_softmax(self.reference_logits(part), part["labels"])[0],
-            dtype=torch.float16,  # full vocabulary rows per token: half the memory of float32
-        )
+        log_p_original = self.reference_value(self.ORIGINAL, analogous)
         # ICU code: kl_loss = -(prob_p * log(prob_q + 1e-12)).sum(-1).mean(), p = original model (precomputed),
         # q = current. The code averages over every position of the padded sequence; we average over the labelled
         # answer tokens (cached rows exist only there), like every token mean in methods/. CE = KL + H(p_original):

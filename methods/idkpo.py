@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from methods.base import Batch, BatchPart, UnlearningMethod, as_float_logs
+from methods.base import (Batch, BatchPart, ReferenceValue, UnlearningMethod, as_float_logs,
+                          reference_sequence_logprob)
 from methods.hyperparameters import IdkPOHyperparameters
 from methods.numerics import forward_logits, sequence_denominator, sequence_logprob, sequence_mean
 
@@ -22,20 +23,22 @@ class IdkPO(UnlearningMethod):
 
     name = "idkpo"
     Hyperparameters = IdkPOHyperparameters
+    # Distinct keys: `alternate` row i shares its index with `forget` row i.
+    WIN_REFERENCE, LOSE_REFERENCE = reference_sequence_logprob("alternate"), reference_sequence_logprob("forget")
 
-    def _log_ratio(self, model: torch.nn.Module, part: BatchPart, cache_key: str) -> torch.Tensor:
-        """log p(y|x) - log p_ref(y|x) per sequence; the reference term is cached under `cache_key` per example."""
+    @property
+    def reference_values(self) -> tuple[ReferenceValue, ...]:
+        return (self.WIN_REFERENCE, self.LOSE_REFERENCE)
+
+    def _log_ratio(self, model: torch.nn.Module, part: BatchPart, reference: ReferenceValue) -> torch.Tensor:
+        """log p(y|x) - log p_ref(y|x) per sequence; the reference term is cached per example."""
         logp = sequence_logprob(forward_logits(model, part), part["labels"])
-        logp_ref = self.reference_cache.per_sequence(
-            cache_key, part, lambda p: sequence_logprob(self.reference_logits(p), p["labels"])
-        )
-        return logp - logp_ref
+        return logp - self.reference_value(reference, part)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         beta = self.hparams.beta
-        # Distinct keys: `alternate` row i shares its index with `forget` row i.
-        win = self._log_ratio(model, batch["alternate"], "alternate_logprob")
-        lose = self._log_ratio(model, batch["forget"], "forget_logprob")
+        win = self._log_ratio(model, batch["alternate"], self.WIN_REFERENCE)
+        lose = self._log_ratio(model, batch["forget"], self.LOSE_REFERENCE)
         margin = win - lose
         # arXiv 2305.18290 Eq. 7 with open-unlearning's 2/beta scaling (`compute_dpo_loss`).
         rows = sequence_denominator(batch["forget"])  # `alternate` row i pairs with `forget` row i: the same rows

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from methods.base import Batch, UnlearningMethod, as_float_logs
+from methods.base import Batch, ReferenceValue, UnlearningMethod, as_float_logs, reference_sequence_logprob
 from methods.hyperparameters import NPOHyperparameters
 from methods.numerics import forward_logits, sequence_denominator, sequence_logprob, sequence_mean
 
@@ -23,14 +23,17 @@ class NPO(UnlearningMethod):
 
     name = "npo"
     Hyperparameters = NPOHyperparameters
+    FORGET_REFERENCE = reference_sequence_logprob("forget")
+
+    @property
+    def reference_values(self) -> tuple[ReferenceValue, ...]:
+        return (self.FORGET_REFERENCE,)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         beta = self.hparams.beta
         forget = batch["forget"]
         logp = sequence_logprob(forward_logits(model, forget), forget["labels"])
-        logp_ref = self.reference_cache.per_sequence(
-            "forget_logprob", forget, lambda part: sequence_logprob(self.reference_logits(part), part["labels"])
-        )
+        logp_ref = self.reference_value(self.FORGET_REFERENCE, forget)
         log_ratio = logp - logp_ref
         # arXiv 2404.05868 Sec. 3; -(2/beta) * logsigmoid(-beta * r) == (2/beta) * log(1 + exp(beta * r)), stable form.
         rows = sequence_denominator(forget)

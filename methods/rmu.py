@@ -111,6 +111,8 @@ class RMU(UnlearningMethod):
     name = "rmu"
     Hyperparameters = RMUHyperparameters
 
+    keeps_reference = True  # the retain activations of the frozen model, every step (not cached)
+
     def __init__(self, hparams: RMUHyperparameters, reference: torch.nn.Module | None = None) -> None:
         super().__init__(hparams, reference)
         self._control: torch.Tensor | None = None  # c * u, float32, built on first use (it needs hidden_size)

@@ -13,7 +13,7 @@ from typing import Iterable
 
 import torch
 
-from methods.base import Batch, BatchPart, StepEngine, UnlearningMethod, as_float_logs
+from methods.base import Batch, BatchPart, ReferenceValue, StepEngine, UnlearningMethod, as_float_logs
 from methods.collectives import average_across_workers
 from methods.hyperparameters import SOULHyperparameters
 from methods.numerics import IGNORE_INDEX, forward_logits, shift_for_next_token, token_denominator, token_mean_nll
@@ -34,6 +34,22 @@ class SOUL(UnlearningMethod):
         self.reference_cache = self.objective.reference_cache  # one cache: the inner loss is what fills it
         self.optimizer: SophiaG | None = None
         self._steps = 0
+
+    @property
+    def reference_values(self) -> tuple[ReferenceValue, ...]:
+        return self.objective.reference_values
+
+    @property
+    def releases_reference(self) -> bool:
+        return self.objective.releases_reference
+
+    def replace_reference(self, reference: torch.nn.Module | None) -> None:
+        super().replace_reference(reference)
+        if hasattr(self, "objective"):  # the base's __init__ sets the first one before the objective exists
+            self.objective.replace_reference(reference)
+
+    def release_reference(self) -> None:
+        self.replace_reference(None)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         return self.objective.loss(model, batch)

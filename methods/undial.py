@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from methods.base import Batch, UnlearningMethod, as_float_logs
+from methods.base import Batch, ReferenceValue, UnlearningMethod, as_float_logs, reference_log_softmax
 from methods.hyperparameters import UnDIALHyperparameters
 from methods.numerics import (
     forward_logits,
@@ -29,20 +29,20 @@ class UnDIAL(UnlearningMethod):
 
     name = "undial"
     Hyperparameters = UnDIALHyperparameters
+    # The teacher's log-softmax stands in for its logits (softmax is shift-invariant per row, so the target is the
+    # same); cached once per example in float16, which bounded log-probs tolerate.
+    TEACHER = reference_log_softmax("forget")
+
+    @property
+    def reference_values(self) -> tuple[ReferenceValue, ...]:
+        return (self.TEACHER,)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         forget = batch["forget"]
         logits = forward_logits(model, forget)
         log_p, mask = next_token_log_softmax(logits, forget["labels"])
         true_token = shift_for_next_token(logits, forget["labels"])[1].clamp(min=0).unsqueeze(-1)
-        # The teacher's log-softmax stands in for its logits (softmax is shift-invariant per row, so the target is
-        # the same); cached once per example in float16, which bounded log-probs tolerate.
-        teacher_log_p = self.reference_cache.per_token(
-            "forget_log_softmax",
-            forget,
-            lambda part: next_token_log_softmax(self.reference_logits(part), part["labels"])[0],
-            dtype=torch.float16,
-        )
+        teacher_log_p = self.reference_value(self.TEACHER, forget)
         # arXiv 2402.10052 Sec. 3: target = softmax(z_teacher - gamma * onehot(y_t)), a fixed soft label.
         penalty = torch.full_like(true_token, -self.hparams.gamma, dtype=teacher_log_p.dtype)
         target = F.softmax(teacher_log_p.scatter_add(-1, true_token, penalty), dim=-1)

@@ -4,7 +4,7 @@ The stream runs on the same resident group as `unlearn run` and sweep slots (`or
 two tasks of its own. `ServeModel` loads the model the stream continues from into the group's slot (and measures
 the original model's utility, the guard's yardstick, when the ledger does not have it yet). `ApplyBatch` unlearns one
 batch of requests with the same worker code as `unlearn run` (`UnlearningWorker.build` over the resident model,
-`train`, `trained_model`), with a frozen copy of the model before the batch as NPO's/UnDIAL's reference. Then rank
+`train`, `trained_model`), with the model before the batch as NPO's/UnDIAL's reference. Then rank
 0 evaluates (the batch's forget sets, every earlier applied one, utility: `orchestrator/evaluation/forget_sets.py`),
 the guard decides, and either rank 0 writes the new model as the batch's checkpoint or every rank restores the
 model from a CPU copy taken before the batch. At an attack point (`stream.attack_every`, `ApplyBatch.attack`), rank 0
@@ -16,7 +16,6 @@ Plain PyTorch engines only: a DeepSpeed engine cannot be rebuilt over a module a
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -26,7 +25,6 @@ from typing import Any
 
 import torch
 
-import methods
 from orchestrator.attacks.config import AttacksConfig
 from orchestrator.data.schema import Example, UnlearningData
 from orchestrator.data.tokenize import PromptTemplate
@@ -143,14 +141,12 @@ class ApplyBatch:
         t1 = time.perf_counter()
 
         torch.manual_seed(self.job.train.seed)
-        reference = None
-        if methods.needs_reference(self.job.method_name, self.job.method_hparams):
-            reference = copy.deepcopy(model).eval()
-            reference.requires_grad_(False)
+        # The model before the batch is NPO's/UnDIAL's reference: what they read of it is computed in `build`,
+        # before the first step, so no second copy is held (a method that keeps its reference gets a copy there).
         worker = UnlearningWorker(self.job, report_progress=False)  # one report per batch, below
         error = None
         try:
-            worker.build(model, reference)
+            worker.build(model)
             t2 = time.perf_counter()
             worker.train()
             model = worker.trained_model()  # LoRA / FILA adapters merged back

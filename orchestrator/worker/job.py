@@ -29,6 +29,8 @@ class WorkerSettings:
     lr: float = 1e-5
     epochs: int = 1
     batch_size: int = 8
+    group_by_length: bool = False  # forget rows of similar length share a batch (orchestrator/worker/batching.py)
+    gradient_checkpointing: bool = False  # recompute activations in backward (orchestrator/worker/memory.py)
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     max_grad_norm: float | None = 1.0
@@ -89,7 +91,7 @@ class WorkerSummary:
     early_stop: dict[str, Any] | None
     resumed_from_step: int | None
     kept_forget_indices: list[int] | None
-    reference_cache: dict[str, int]  # {"hits": n, "misses": n}
+    reference_cache: dict[str, Any]  # ReferenceStats.with_lookups: precomputed rows, hits, misses, hit rate
     device: str
     dtype: str
     threads: int

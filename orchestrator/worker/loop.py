@@ -34,6 +34,8 @@ from orchestrator.worker.checkpoint import has_train_state, load_train_state, sa
 from orchestrator.worker.early_stop import PerplexityStop
 from orchestrator.worker.engine import TorchStepEngine, linear_schedule
 from orchestrator.worker.job import TrainJob, WorkerSummary
+from orchestrator.worker.memory import set_gradient_checkpointing
+from orchestrator.worker.reference_values import settle_reference
 from orchestrator.worker.ranks import across_workers, gather, worker_context
 from orchestrator.worker.throughput import Throughput
 from orchestrator.worker.reports import report
@@ -74,29 +76,27 @@ class UnlearningWorker:
         from orchestrator.models.loading import load_causal_lm
 
         torch.manual_seed(self.cfg.seed)
-        dtype = getattr(torch, self.job.dtype)
-        model = load_causal_lm(self.job.target_dir, dtype=dtype).to(self.device)
-        reference = None
-        if methods.needs_reference(self.job.method_name, self.job.method_hparams):
-            reference = load_causal_lm(self.job.target_dir, dtype=dtype).to(self.device)
-        self.build(model, reference)
+        self.build(load_causal_lm(self.job.target_dir, dtype=getattr(torch, self.job.dtype)).to(self.device))
         self.resume()
 
-    def build(self, model: torch.nn.Module, reference: torch.nn.Module | None = None) -> None:
-        """Method, batches, adapters, optimizer and step engine over `model`, already loaded and on the device."""
+    def build(self, model: torch.nn.Module) -> None:
+        """Method, batches, reference values, adapters, optimizer and step engine over `model`, already loaded and
+        on the device. `model` is the reference as it stands: what the method reads of it is computed before any
+        step (`orchestrator/worker/reference_values.py`), so no second copy is held unless the method keeps one."""
         self.ds_config = self._deepspeed_config(model)
-        if reference is not None and self.ds_config is not None:
-            from orchestrator.worker.deepspeed_engine import sharded_reference
-
-            reference = sharded_reference(reference, self.ds_config)
-        self.method: UnlearningMethod = methods.build(self.job.method_name, reference=reference,
-                                                      **self.job.method_hparams)
+        needs_reference = methods.needs_reference(self.job.method_name, self.job.method_hparams)
+        self.method: UnlearningMethod = methods.build(self.job.method_name, reference=model if needs_reference
+                                                      else None, **self.job.method_hparams)
         parts = ("forget",) + tuple(
             p for p, used in (("retain", self.method.uses_retain), ("alternate", self.method.uses_alternate),
                               ("analogous", self.method.uses_analogous)) if used
         )
         self.batches = UnlearningBatches(self.job.rows, self.cfg.batch_size, self.job.pad_token_id, self.rank,
-                                         self.world_size, self.cfg.seed, parts)
+                                         self.world_size, self.cfg.seed, parts, self.cfg.group_by_length)
+        self.reference_stats = settle_reference(self.method, model, self.batches, self.cfg.epochs, self._to_device,
+                                                self.rank, self.ds_config)
+        model.requires_grad_(True)  # it was frozen as the reference; the method restricts what trains, below
+        set_gradient_checkpointing(model, self.cfg.gradient_checkpointing)  # the bare model, before any wrapper
         model = self._adapters(model, parts)
         model.train()
         self.method.restrict_trainable(model)
@@ -114,8 +114,8 @@ class UnlearningWorker:
             self.engine = DeepSpeedStepEngine(
                 model, optimizer, lambda opt: linear_schedule(opt, total_steps, self.cfg.warmup_ratio),
                 self.ds_config)
-            if reference is not None and self.engine.stage == 3 and self.world_size > 1:
-                collective_reference_cache(self.method.reference_cache)
+            if self.method.reference is not None and self.engine.stage == 3 and self.world_size > 1:
+                collective_reference_cache(self.method.reference_cache)  # a kept, sharded reference
         self.model = self.engine.module  # the trained model (peft-wrapped when adapters are trained)
         if self.cfg.early_stop:
             self.stopper = PerplexityStop.from_config(self.cfg.early_stop, self.job.early_stop_rows,
@@ -378,7 +378,7 @@ class UnlearningWorker:
             early_stop=self.stopper.summary() if self.stopper is not None else None,
             resumed_from_step=self.resumed_from_step,
             kept_forget_indices=sorted(self.kept) if self.kept is not None else None,
-            reference_cache={"hits": self.method.reference_cache.hits, "misses": self.method.reference_cache.misses},
+            reference_cache=self.reference_stats.with_lookups(self.method.reference_cache),
             device=str(self.device), dtype=self.job.dtype, threads=torch.get_num_threads(), evaluation=evaluation,
             throughput=throughput)
 
