@@ -137,6 +137,14 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps for linear warm-up.")
     batch_size: int = Field(8, gt=0, description="Forget examples per step per worker (retain batches match).")
+    group_by_length: bool = Field(
+        False, description="Batch forget rows of similar length together (HF's LengthGroupedSampler: each shuffled "
+        "megabatch of 50 steps' rows sorted by length, its steps shuffled; orchestrator/worker/batching.py): less "
+        "padding, so fewer wasted positions per step; retain rows stay random draws.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each block's activations in backward (HF gradient checkpointing, "
+        "non-reentrant): about one extra forward per step in exchange for keeping only the blocks' inputs, which "
+        "`unlearn plan` counts (orchestrator/worker/memory.py).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null disables.")
     seed: int = Field(0, description="Shuffling seed.")
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters (peft) instead of all weights.")

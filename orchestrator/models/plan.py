@@ -11,8 +11,10 @@ compute dtype, AdamW's two states (Sophia's m and h: also two) plus an fp32 mast
 (DeepSpeed bf16/fp16); plain PyTorch keeps the states in the parameters' dtype and has no master copy.
 Activations per token and layer are counted from the tensors HF's Llama block saves for backward (fp32 RMSNorm
 inputs, the q/k/v/o and MLP inputs, SDPA's q, k, v, out; Korthikanti et al. 2022 do the same for GPT), plus the
-logits and the fp32 log-softmax the losses take of them. Estimates, not measurements: within ~15% of what PyTorch
-reports for the tensors, plus a margin for the allocator.
+logits and the fp32 log-softmax the losses take of them. With gradient checkpointing (`train.gradient_checkpointing`)
+only each block's input is kept and one block's activations at a time are rebuilt in backward: the step recomputes
+about one extra forward in exchange for that activation memory (the logits are not checkpointed). Estimates, not
+measurements: within ~15% of what PyTorch reports for the tensors, plus a margin for the allocator.
 """
 
 from __future__ import annotations
@@ -169,10 +171,15 @@ def plan_memory(
     model_config: Any = None,
     device_memory_gib: float | None = None,
     *,
-    activation_checkpointing: bool = False,
+    activation_checkpointing: bool | None = None,
 ) -> MemoryPlan:
-    """Per-worker memory of `config`'s run; `model_config` (a transformers config or ModelShape) skips the lookup."""
+    """Per-worker memory of `config`'s run; `model_config` (a transformers config or ModelShape) skips the lookup.
+
+    `activation_checkpointing`: whether the step's blocks recompute their activations in backward; default: the
+    config's `train.gradient_checkpointing`."""
     shape = resolve_shape(config, model_config)
+    if activation_checkpointing is None:
+        activation_checkpointing = config.train.gradient_checkpointing
     method = profile(config.method.name, config.method.hparams)  # what the method needs, without building it
     train = config.train
     zero = read_deepspeed(train.deepspeed, train.use_gpu, shape.hidden_size)
@@ -199,7 +206,8 @@ def plan_memory(
             params_bytes(shape, model_bytes) * (2 if method.needs_reference else 1) + runtime,
     }
     if method.adapters is not None:
-        fisher, accumulators = _fila_phase(shape, config, model_bytes, activation_checkpointing)
+        # the Fisher pass runs before the worker puts the model in training mode, and HF checkpoints only there
+        fisher, accumulators = _fila_phase(shape, config, model_bytes, checkpointing=False)
         phases["adapters (FILA Fisher pass)"] = fisher * (1 + ALLOCATOR_MARGIN) + runtime
         host["FILA Fisher accumulators (init)"] = accumulators
     phases["step"] = step + device["runtime + allocator margin"]

@@ -4,6 +4,10 @@ Each step pairs a batch of forget rows with a batch of retain rows drawn at rand
 ForgetRetainDataset does the same), and with the rows aligned to the forget rows (`alternate`: the same question with
 an "I don't know" answer; `analogous`: ICU's nearest retained neighbour). The forget set is split evenly over the
 workers, padded by wrapping as torch's DistributedSampler does, so every worker takes the same number of steps.
+
+`group_by_length` batches forget rows of similar length together, as HF's LengthGroupedSampler does: the epoch's
+shuffled order is cut into megabatches of `MEGABATCH_STEPS` global steps, each sorted by length, and the steps are
+shuffled, so that a batch pads to a length close to each of its rows' own and the steps' lengths stay random.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from orchestrator.data.tokenize import EncodedRow, collate
 # run: the methods' reference cache is keyed by it, and ICU's refinement keeps forget rows by it.
 ROW_ID_BASE = {"forget": 0, "retain": 1_000_000, "analogous": 2_000_000, "holdout": 3_000_000,
                "early_stop": 4_000_000}
+MEGABATCH_STEPS = 50  # global steps per length-sorted megabatch (HF's LengthGroupedSampler's multiplier)
 
 
 @dataclass
@@ -64,6 +69,7 @@ class UnlearningBatches:
         world_size: int = 1,
         seed: int = 0,
         parts: tuple[str, ...] = ("forget",),
+        group_by_length: bool = False,
     ) -> None:
         if not rows.forget:
             raise ValueError("the forget set is empty")
@@ -77,6 +83,7 @@ class UnlearningBatches:
         self.world_size = world_size
         self.seed = seed
         self.parts = parts
+        self.group_by_length = group_by_length
 
     @property
     def per_worker(self) -> int:
@@ -87,13 +94,17 @@ class UnlearningBatches:
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """Batches of epoch `epoch`: the same global shuffle on every worker, each taking its own shard."""
+        order_rng = random.Random(self.seed * 100_003 + epoch)
         order = list(range(len(self.rows.forget)))
-        random.Random(self.seed * 100_003 + epoch).shuffle(order)
+        order_rng.shuffle(order)
         padded = (order * math.ceil(self.per_worker * self.world_size / len(order)))[: self.per_worker * self.world_size]
-        shard = padded[self.rank :: self.world_size]
+        if self.group_by_length:
+            steps = self._length_grouped(padded, order_rng)
+        else:
+            shard = padded[self.rank :: self.world_size]
+            steps = [shard[start : start + self.batch_size] for start in range(0, len(shard), self.batch_size)]
         retain_rng = random.Random((self.seed * 100_003 + epoch) * 1_009 + self.rank)
-        for start in range(0, len(shard), self.batch_size):
-            positions = shard[start : start + self.batch_size]
+        for positions in steps:
             batch: Batch = {"forget": collate([self.rows.forget[i] for i in positions], self.pad_token_id)}
             if "retain" in self.parts:
                 picks = [retain_rng.randrange(len(self.rows.retain)) for _ in positions]
@@ -102,6 +113,29 @@ class UnlearningBatches:
                 if aligned in self.parts:
                     batch[aligned] = collate([getattr(self.rows, aligned)[i] for i in positions], self.pad_token_id)
             yield batch
+
+    def _length_grouped(self, padded: list[int], rng: random.Random) -> list[list[int]]:
+        """This worker's batches (forget positions) from the epoch's `padded` order, grouped by length.
+
+        `padded` is cut into global steps of `batch_size * world_size` rows (the last may be shorter, by the same
+        number of rows on every worker), in megabatches of `MEGABATCH_STEPS` steps, each sorted by its rows' length
+        (longest first; a stable sort, so ties keep the shuffled order). The full steps are then shuffled with `rng`
+        (the same on every worker) and the short one stays last, as without grouping. Each worker takes its own
+        contiguous slice of every step, so that its batch spans the narrowest range of lengths; the slices are
+        disjoint and together cover `padded`, so every row is seen once per epoch (up to the wrap padding).
+        """
+        lengths = [len(row.input_ids) for row in self.rows.forget]
+        step_rows = self.batch_size * self.world_size
+        megabatch = step_rows * MEGABATCH_STEPS
+        grouped: list[int] = []
+        for start in range(0, len(padded), megabatch):
+            grouped += sorted(padded[start : start + megabatch], key=lambda i: -lengths[i])
+        steps = [grouped[start : start + step_rows] for start in range(0, len(grouped), step_rows)]
+        full = [s for s in steps if len(s) == step_rows]
+        rng.shuffle(full)
+        steps = full + steps[len(full) :]
+        share = [len(s) // self.world_size for s in steps]
+        return [s[self.rank * n : (self.rank + 1) * n] for s, n in zip(steps, share)]
 
 
 def with_global_denominators(batch: Batch, world_size: int) -> Batch:
