@@ -131,3 +131,40 @@ def test_recovery_attacks_run_on_the_workers(small_config, tmp_path, capsys):
     assert attacks["quantise_4bit"]["forget_rouge_l"]["target"]["attacked"] is not None
     assert attacks["worst"]["forget_rouge_l"]["efficacy"] is not None
     assert "## Recovery attacks" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_user_checkpoint_run_loads_no_weights_on_the_driver(small_config, tmp_path, monkeypatch):
+    """`model.name: <folder>` (a user's own checkpoint): the target's and the retain model's evaluations run on a Ray
+    worker, training and the after-evaluation on Ray Train workers; loading weights in the driver process raises."""
+    import shutil
+
+    import safetensors.torch
+    import torch
+    import transformers
+
+    from orchestrator.config import load_config
+    from orchestrator.run.prepare import prepare
+    from orchestrator.run.unlearning import run_unlearning
+
+    tiny = prepare(load_config(small_config), progress=lambda m: None)  # the embedded default's models, as files
+    target, retain = tmp_path / "user-target", tmp_path / "user-retain"
+    shutil.copytree(tiny.target_dir, target)
+    shutil.copytree(tiny.retain_dir, retain)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver loaded model weights")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
+    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    config = load_config(small_config).with_overrides(**{
+        "model.name": str(target), "model.retain_model": str(retain), "model.tokenizer": tiny.tokenizer_dir,
+        "output_dir": str(tmp_path / "out")})
+    messages: list[str] = []
+    result = run_unlearning(config, progress=messages.append)
+    assert any("evaluating the target model on a Ray worker" in m for m in messages)
+    assert any("evaluating the retain model on a Ray worker" in m for m in messages)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["before"]["forget_probability"] > summary["after"]["forget_probability"]
+    assert result.after == summary["after"]

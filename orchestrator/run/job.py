@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import methods
 from methods import ForgetSample
@@ -18,9 +18,11 @@ from orchestrator.data.refusals import idk_answer
 from orchestrator.data.schema import Example
 from orchestrator.data.tokenize import EncodedRow, PromptTemplate, encode, encode_prompt
 from orchestrator.errors import ConfigError
-from orchestrator.run.prepare import Prepared
 from orchestrator.worker.batching import ROW_ID_BASE, UnlearningRows
 from orchestrator.worker.job import TrainJob, WorkerSettings
+
+if TYPE_CHECKING:
+    from orchestrator.run.prepare import Prepared
 
 
 def encode_part(tokenizer, examples: Sequence[Example], part: str, template: PromptTemplate,

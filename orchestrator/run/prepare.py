@@ -20,6 +20,7 @@ from orchestrator.data.tokenize import PromptTemplate
 from orchestrator.evaluation import EvalReport, EvalSettings, evaluate_model
 from orchestrator.observe.progress import Progress, Steps
 from orchestrator.models.loading import load_tokenizer
+from orchestrator.run.baselines import AttackModel, BaselineRunner, EvaluateModel
 
 REPORT_FILE = "report.json"
 ATTACKS_FILE = "attacks.json"
@@ -128,11 +129,14 @@ def evaluate_dir(model_dir: str | Path, tokenizer, data: UnlearningData, templat
 
 
 def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progress: Progress = print,
-            data: UnlearningData | None = None) -> Prepared:
+            data: UnlearningData | None = None, workers: Any = None) -> Prepared:
     """Data, tokenizer, target and retain models and their evaluations, from the cache where possible.
 
+    The evaluations (and attacks) of the target and retain models run on a Ray worker of the run's shape, or on the
+    caller's resident group `workers` when it is up (`orchestrator/run/baselines.py`): the driver loads no weights.
     `data`: `load_data(config.data)` when the caller already loaded it (to fail early, before Ray started)."""
     cache = cache or ArtifactCache(progress=progress)
+    runner = BaselineRunner(config, workers, progress)
     template = PromptTemplate()
     data = data if data is not None else load_data(config.data)
     data_fp = fingerprint(data)
@@ -140,7 +144,7 @@ def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progre
              f"neighbour {len(data.neighbour)}, holdout {len(data.holdout)}, world {len(data.world)} examples")
     settings = eval_settings(config.eval, config.data.max_length)
     eval_spec = {"eval": config.eval.model_dump(exclude={"attacks"}), "data": data_fp, "max_length": config.data.max_length,
-                 "report": REPORT_VERSION}
+                 "report": REPORT_VERSION, "dtype": config.model.dtype}
 
     if config.model.name == "tiny":
         from orchestrator.models.tiny import build_tiny_models
@@ -156,18 +160,18 @@ def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progre
 
     retain_report = None
     if retain_dir is not None:
-        retain_report = _cached_report(cache, "retain-report", retain_dir, eval_spec, tokenizer, data, template,
-                                       settings, None, progress)
-    target_report = _cached_report(cache, "target-report", target_dir, eval_spec, tokenizer, data, template,
-                                   settings, retain_report, progress)
+        retain_report = _cached_report(cache, runner, "retain-report", EvaluateModel(
+            str(retain_dir), str(tokenizer_dir), data, template, settings, runner.placement), eval_spec)
+    target_report = _cached_report(cache, runner, "target-report", EvaluateModel(
+        str(target_dir), str(tokenizer_dir), data, template, settings, runner.placement, retain_report), eval_spec)
     baselines = None
     attacks = attack_plan(config)
     if attacks is not None:
-        baselines = {"target": _cached_attacks(cache, "target", target_dir, eval_spec, attacks, tokenizer, data,
-                                               template, settings, progress)}
+        baselines = {"target": _cached_attacks(cache, runner, "target", target_dir, str(tokenizer_dir), eval_spec,
+                                               attacks, data, template, settings)}
         if retain_dir is not None and attacks.relearn.control:
-            baselines["retain_model"] = _cached_attacks(cache, "retain", retain_dir, eval_spec, attacks, tokenizer,
-                                                        data, template, settings, progress)
+            baselines["retain_model"] = _cached_attacks(cache, runner, "retain", retain_dir, str(tokenizer_dir),
+                                                        eval_spec, attacks, data, template, settings)
     return Prepared(data, data_fp, template, str(tokenizer_dir), str(target_dir),
                     None if retain_dir is None else str(retain_dir), target_report, retain_report, baselines)
 
@@ -188,9 +192,9 @@ def attack_plan(config: ExperimentConfig) -> AttacksConfig | None:
                     config.train.batch_size)
 
 
-def _cached_attacks(cache: ArtifactCache, role: str, model_dir: str, eval_spec: dict, attacks: AttacksConfig,
-                    tokenizer, data: UnlearningData, template: PromptTemplate, settings: EvalSettings,
-                    progress: Progress) -> dict[str, dict[str, Any]]:
+def _cached_attacks(cache: ArtifactCache, runner: BaselineRunner, role: str, model_dir: str, tokenizer_dir: str,
+                    eval_spec: dict, attacks: AttacksConfig, data: UnlearningData, template: PromptTemplate,
+                    settings: EvalSettings) -> dict[str, dict[str, Any]]:
     """The attacks on the target (all but relearning, which would teach it what it knows) or the retain model (all),
     cached: what every run's attacks are read against."""
     run = [name for name in attacks.run if role != "target" or name != "relearn"]
@@ -200,31 +204,28 @@ def _cached_attacks(cache: ArtifactCache, role: str, model_dir: str, eval_spec: 
     spec = {"model": _model_identity(model_dir), **eval_spec, "attacks": plan.model_dump()}
 
     def build(folder: Path) -> None:
-        from orchestrator.attacks.run import run_attacks
         from orchestrator.evaluation.evaluate import subsample
-        from orchestrator.models.loading import load_causal_lm
 
-        progress(f"attacking the {role} model ({', '.join(run)}): what every run's attacks are read against")
+        runner.progress(f"attacking the {role} model ({', '.join(run)}) on a Ray worker: what every run's attacks "
+                        "are read against")
         forget = subsample(data.forget, settings.max_forget_examples, settings.seed)
-        results = run_attacks(load_causal_lm(model_dir), tokenizer, data, forget, template, settings, plan)
-        (folder / ATTACKS_FILE).write_text(json.dumps({r.name: r.to_dict() for r in results}))
+        results = runner(AttackModel(str(model_dir), tokenizer_dir, data, tuple(forget), template, settings, plan,
+                                     runner.placement))
+        (folder / ATTACKS_FILE).write_text(json.dumps(results))
 
     folder, _ = cache.get_or_build(content_key(f"{role}-attacks", spec), build, spec)
     return json.loads((folder / ATTACKS_FILE).read_text())
 
 
-def _cached_report(cache: ArtifactCache, kind: str, model_dir: str, eval_spec: dict, tokenizer, data: UnlearningData,
-                   template: PromptTemplate, settings: EvalSettings, retain_reference: EvalReport | None,
-                   progress: Progress) -> EvalReport:
-    spec = {"model": _model_identity(model_dir), **eval_spec,
-            "reference": None if retain_reference is None else retain_reference.summary.get("forget_truth_ratio")}
+def _cached_report(cache: ArtifactCache, runner: BaselineRunner, kind: str, task: EvaluateModel,
+                   eval_spec: dict) -> EvalReport:
+    reference = task.retain_reference
+    spec = {"model": _model_identity(task.model_dir), **eval_spec,
+            "reference": None if reference is None else reference.summary.get("forget_truth_ratio")}
 
     def build(folder: Path) -> None:
-        role = kind.removesuffix("-report")
-        progress(f"evaluating the {role} model")
-        report = evaluate_dir(model_dir, tokenizer, data, template, settings, retain_reference,
-                              progress=Steps(f"{role} model evaluation", unit="example", emit=progress))
-        (folder / REPORT_FILE).write_text(json.dumps(report.to_dict()))
+        runner.progress(f"evaluating the {kind.removesuffix('-report')} model on a Ray worker")
+        (folder / REPORT_FILE).write_text(json.dumps(runner(task)))
 
     folder, _ = cache.get_or_build(content_key(kind, spec), build, spec)
     return EvalReport.from_dict(json.loads((folder / REPORT_FILE).read_text()))

@@ -26,7 +26,8 @@ from orchestrator.run import state as run_state
 from orchestrator.run.checks import (check_attacks, check_deepspeed, check_memory, check_method_fits_model,
                                      check_resources)
 from orchestrator.run.job import make_job, worker_settings
-from orchestrator.run.prepare import Prepared, attack_plan, evaluate_dir, eval_settings, load_data, prepare
+from orchestrator.run.baselines import BaselineRunner, EvaluateModel
+from orchestrator.run.prepare import Prepared, attack_plan, eval_settings, load_data, prepare
 from orchestrator.run.ray_session import connect_ray, private_ray_cpus
 from orchestrator.run.resident import ResidentWorkers, UnlearnTask
 from orchestrator.run.worker_group import worker_group
@@ -114,15 +115,17 @@ def run_unlearning(
         workers.check_fits(worker_settings(config, workers.cpus_per_worker))
     ray_how = connect_ray(config.ray.address, config.ray.num_cpus, progress, config.ray.dashboard_host)
     check_resources(config)
-    prepared = prepared or prepare(config, data=data, progress=progress)
+    prepared = prepared or prepare(config, data=data, progress=progress, workers=workers)
     t_prepared = time.perf_counter()
     tokenizer = load_tokenizer(prepared.tokenizer_dir)
     settings = eval_settings(config.eval, config.data.max_length)
     target_dir = target_dir or prepared.target_dir
     before_report = None  # the whole report of the model before unlearning, where this call has it
     if before is None:
-        before_report = (prepared.target_report if target is None else evaluate_dir(
-            target_dir, tokenizer, prepared.data, prepared.template, settings, prepared.retain_report))
+        runner = BaselineRunner(config, workers, progress)
+        before_report = (prepared.target_report if target is None else EvalReport.from_dict(runner(EvaluateModel(
+            target_dir, prepared.tokenizer_dir, prepared.data, prepared.template, settings, runner.placement,
+            prepared.retain_report))))
         before = before_report.summary
 
     if workers is not None:
