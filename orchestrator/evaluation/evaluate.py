@@ -24,6 +24,7 @@ from orchestrator.data.tokenize import PromptTemplate
 from orchestrator.evaluation import fluency, membership, memorisation, realism, tofu
 from orchestrator.evaluation.generation import generate_answers
 from orchestrator.evaluation.likelihood import score_alternatives, score_answers
+from orchestrator.evaluation.sharding import ExampleShards, sharded
 from orchestrator.evaluation.mia import attack_scores
 from orchestrator.evaluation.probes import evaluate_probes
 from orchestrator.evaluation.rouge import rouge_l
@@ -113,6 +114,8 @@ class EvalReport:
     attack_results: list[dict[str, Any]] = field(default_factory=list)  # AttackResult dicts, when attacks ran
     settings: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds
+    # Examples each worker ran the per-example passes on, in rank order (data-parallel evaluation; empty on one).
+    examples_per_rank: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))
@@ -133,8 +136,12 @@ def evaluate_model(
     settings: EvalSettings = EvalSettings(),
     retain_reference: EvalReport | None = None,
     progress: Steps | None = None,
+    shards: ExampleShards | None = None,
 ) -> EvalReport:
     """Every metric of the project on one model. Pass the retain model's report for forget quality and PrivLeak.
+
+    `shards`: this worker's place among workers evaluating the same model together (each holding all of it): the
+    per-example passes are split among them and gathered (`sharding.py`), and every worker returns the same report.
 
     The model is put in eval mode and given back in the mode it came in. `progress` counts the examples of each of
     the three passes per split, and is closed with a one-line summary.
@@ -163,7 +170,7 @@ def evaluate_model(
                 progress.describe(name)
             splits[name], truth_ratios[name], attack[name], per_example = _evaluate_split(
                 model, tokenizer, examples, template, settings, forget=name == "forget",
-                passed=progress.advance if progress is not None else None,
+                passed=progress.advance if progress is not None else None, shards=shards,
             )
             if name == "forget":
                 forget_examples = per_example
@@ -178,7 +185,7 @@ def evaluate_model(
         t0 = time.perf_counter()
         mia_auc = membership.membership_aucs(
             model, tokenizer, chosen, attack, template, settings.max_length, settings.gradient_mia,
-            None if retain_reference is None else retain_reference.example_nll)
+            None if retain_reference is None else retain_reference.example_nll, shards)
         timings["membership"] = time.perf_counter() - t0
     finally:
         model.train(was_training)
@@ -233,6 +240,7 @@ def _evaluate_split(
     settings: EvalSettings,
     forget: bool,
     passed: Callable[[int], None] | None = None,
+    shards: ExampleShards | None = None,
 ) -> tuple[SplitMetrics, np.ndarray, dict[str, np.ndarray], dict[str, dict[str, float]]]:
     """One split's metrics, its per-example truth ratios, its per-example MIA scores, and per example id its
     ROUGE-L recall and probability.
@@ -240,14 +248,16 @@ def _evaluate_split(
     `passed(len(examples))` is called after each of the three passes (answers, alternatives, generation)."""
     passed = passed or (lambda n: None)
     common = dict(batch_size=settings.batch_size, max_length=settings.max_length)
-    main = score_answers(model, tokenizer, examples, template, details=True, **common)
+    main = sharded(shards, lambda ex: score_answers(model, tokenizer, ex, template, details=True, **common),
+                   [examples])
     passed(len(examples))
     # The truth ratio's denominator is the paraphrase where there is one (TOFU forget/retain) and the answer itself
     # otherwise (TOFU's real-world sets); its numerator the perturbed answers.
     alternatives = [
         ([ex.paraphrased_answer] if ex.paraphrased_answer else []) + list(ex.perturbed_answers) for ex in examples
     ]
-    alt_scores = score_alternatives(model, tokenizer, examples, template, alternatives, **common)
+    alt_scores = sharded(shards, lambda ex, alt: score_alternatives(model, tokenizer, ex, template, alt, **common),
+                         [examples, alternatives])
     passed(len(examples))
     correct = main.mean_logprob.copy()
     perturbed = []
@@ -259,10 +269,10 @@ def _evaluate_split(
     ratios = tofu.truth_ratios(correct, perturbed)
     has_options = any(len(p) for p in perturbed)
 
-    generations = generate_answers(
-        model, tokenizer, examples, template, max_new_tokens=settings.max_new_tokens,
+    generations = sharded(shards, lambda ex: generate_answers(
+        model, tokenizer, ex, template, max_new_tokens=settings.max_new_tokens,
         synced=settings.synced_generation, **common
-    )
+    ), [examples])
     passed(len(examples))
     rouge = rouge_l(generations.texts, generations.references)
     kinds = [ex.kind for ex in examples]

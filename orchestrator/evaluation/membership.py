@@ -21,6 +21,7 @@ from orchestrator.data.schema import Example
 from orchestrator.data.tokenize import PromptTemplate
 from orchestrator.evaluation import mia
 from orchestrator.evaluation.gradient_mia import gradient_norm_scores
+from orchestrator.evaluation.sharding import ExampleShards, sharded
 
 # Splits whose per-example NLL the report keeps, for the reference attack of a later model against this one.
 NLL_SPLITS = ("forget", "holdout")
@@ -47,6 +48,7 @@ def membership_aucs(
     max_length: int,
     gradient_attack: bool,
     reference_nll: dict[str, dict[str, float]] | None,
+    shards: ExampleShards | None = None,
 ) -> dict[str, float]:
     """Attack -> AUC of forget against holdout; empty without both splits.
 
@@ -56,7 +58,8 @@ def membership_aucs(
         return {}
     aucs = {a: mia.membership_auc(scores["forget"][a], scores["holdout"][a]) for a in mia.ATTACKS}
     if gradient_attack and not is_partitioned(model):
-        norms = {split: gradient_norm_scores(model, tokenizer, chosen[split], template, max_length)
+        norms = {split: sharded(shards, lambda ex: gradient_norm_scores(model, tokenizer, ex, template, max_length),
+                                [chosen[split]])
                  for split in ("forget", "holdout")}
         aucs.update({a: mia.membership_auc(norms["forget"][a], norms["holdout"][a]) for a in mia.GRADIENT_ATTACKS})
     if reference_nll is not None:

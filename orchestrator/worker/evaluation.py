@@ -1,17 +1,12 @@
 """Evaluation where the model was trained: on the Ray Train workers, in the run's dtype and on its device.
 
-The driver never loads the unlearned model: the workers evaluate the trained module they hold and rank 0 hands the
-`EvalReport` (a dict) back through the run's result. Which ranks take part depends on how the model is held:
-
-- whole on every rank (plain torch, DeepSpeed ZeRO-0/1/2, whose modules keep full parameters): rank 0 evaluates
-  alone and the others wait at the final report. Splitting the examples across ranks would need every metric to be
-  re-derived from gathered per-example scores (AUCs, the KS test and ROUGE are not means of per-shard means);
-  on the tiny default evaluation is a few seconds, and rank 0's pass is the same pass `unlearn eval` makes.
-- partitioned (ZeRO-3): every forward gathers each layer's shards from all ranks, so every rank must run every
-  forward. All ranks evaluate the *same* examples in lockstep and rank 0's report is kept. Greedy generation stops
-  when every row has ended; the ranks compute the same tokens from the same gathered weights, and generation is
-  synchronised across ranks all the same (HF's `synced_gpus`: a rank that has finished keeps forwarding until all
-  have), so that a rounding difference between devices cannot leave one rank waiting in a collective forever.
+The driver never loads the unlearned model: the workers evaluate the trained model and rank 0 hands the
+`EvalReport` (a dict) back through the run's result. On several workers the evaluation is data-parallel: every rank
+holds the whole model (under ZeRO-0/1/2 and plain DDP it does already; under ZeRO-3 the weights are gathered once
+into a plain copy on every rank, `gathered_model`, instead of once per forward), each rank runs the per-example
+passes on its share of the examples, and the results are gathered so that every rank derives the same metrics
+(`orchestrator/evaluation/sharding.py`): the one-worker figures, in a world_size-th of the time. Recovery attacks
+(whole fine-tuning runs of their own) then run on rank 0.
 """
 
 from __future__ import annotations
@@ -51,26 +46,28 @@ class EvaluationJob:
 
 
 def evaluate_where_trained(model: "torch.nn.Module", job: EvaluationJob, rank: int, world_size: int,
-                           partitioned: bool, progress: str = "off") -> dict[str, Any] | None:
-    """The `EvalReport` of the trained `model` as a dict on rank 0, None on the other ranks.
-
-    `partitioned`: the parameters are sharded across the ranks (ZeRO-3), so every rank must evaluate.
-    `progress`: how rank 0 shows the evaluation (`orchestrator/observe/progress.py`: a bar, one line at the end, nothing).
-    """
-    if rank != 0 and not partitioned:
-        return None
+                           progress: str = "off") -> dict[str, Any] | None:
+    """The `EvalReport` of the trained `model` (whole on every rank) as a dict on rank 0, None on the others; every
+    rank must call it. `progress`: how rank 0 shows the evaluation (`orchestrator/observe/progress.py`)."""
     from orchestrator.evaluation import EvalReport, EvalSettings, evaluate_model
+    from orchestrator.evaluation.sharding import ExampleShards
     from orchestrator.models.loading import load_tokenizer
     from orchestrator.observe.progress import Steps
+    from orchestrator.worker.ranks import gather
 
-    settings = EvalSettings(**{**job.settings, "synced_generation": partitioned and world_size > 1})
+    settings = EvalSettings(**job.settings)
     reference = EvalReport.from_dict(job.retain_reference) if job.retain_reference is not None else None
     shown = Steps("evaluation", unit="example", on_worker=True, mode=progress if rank == 0 else "off",
                   emit=lambda m: print(f"[unlearn] {m}", flush=True))
     tokenizer = load_tokenizer(job.tokenizer_dir)
+    shards = ExampleShards(rank, world_size) if world_size > 1 else None
     report = evaluate_model(model, tokenizer, job.data, job.template, settings, retain_reference=reference,
-                            progress=shown)
-    if job.attacks is not None and not partitioned:  # the run checks refuse attacks on a partitioned model
+                            progress=shown, shards=shards)
+    if shards is not None:
+        report.examples_per_rank = gather(shards.evaluated, world_size)
+    if rank != 0:
+        return None
+    if job.attacks is not None:
         from orchestrator.attacks.run import run_attacks
         from orchestrator.evaluation.evaluate import subsample
 
@@ -80,4 +77,31 @@ def evaluate_where_trained(model: "torch.nn.Module", job: EvaluationJob, rank: i
         results = run_attacks(model, tokenizer, job.data, forget, job.template, settings, job.attacks)
         report.attack_results = [r.to_dict() for r in results]
         attacking.close(", ".join(f"{r.name} {r.seconds:.0f}s" for r in results))
-    return report.to_dict() if rank == 0 else None
+    return report.to_dict()
+
+
+def gathered_model(module: "torch.nn.Module", target_dir: str, dtype: str,
+                   device: "torch.device") -> "torch.nn.Module":
+    """A plain copy of a ZeRO-3-partitioned `module` on every rank (LoRA adapters merged): each parameter is
+    all-gathered once, here, so that evaluation forwards need no collective. Every rank must call it."""
+    import copy
+
+    import deepspeed
+    import torch
+
+    from orchestrator.models.loading import load_causal_lm
+
+    plain = load_causal_lm(target_dir, dtype=getattr(torch, dtype))
+    if hasattr(module, "peft_config"):
+        from peft import get_peft_model
+
+        plain = get_peft_model(plain, copy.deepcopy(module.peft_config["default"]))
+    own = dict(plain.named_parameters())
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            with deepspeed.zero.GatheredParameters([parameter]):
+                own[name].copy_(parameter.detach())
+    if hasattr(plain, "merge_and_unload"):
+        plain = plain.merge_and_unload()
+    plain.requires_grad_(True)  # as the exported model loads: the gradient-norm attack differentiates every weight
+    return plain.to(device)

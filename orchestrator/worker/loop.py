@@ -355,10 +355,12 @@ class UnlearningWorker:
             return None
         # Imported here, not with the module: a worker process imports this module before the run starts, and the
         # metrics' dependencies (nltk, rouge) are evaluation's cost.
-        from orchestrator.worker.evaluation import evaluate_where_trained
+        from orchestrator.worker.evaluation import evaluate_where_trained, gathered_model
 
-        partitioned = self.ds_config is not None and self.engine.stage == 3
-        return evaluate_where_trained(self.model, self.job.evaluation, self.rank, self.world_size, partitioned,
+        model = self.model
+        if self.ds_config is not None and self.engine.stage == 3:  # the weights gathered once, not per forward
+            model = gathered_model(self.model, self.job.target_dir, self.job.dtype, self.device)
+        return evaluate_where_trained(model, self.job.evaluation, self.rank, self.world_size,
                                       progress=self.job.progress)
 
     def finish(self, timings: dict[str, float], evaluation: dict[str, Any] | None) -> WorkerSummary | None:

@@ -340,6 +340,22 @@ def test_run_unlearning_with_two_zero3_workers(local_ray, tmp_path):
     with safe_open(str(Path(result.model_dir) / "model.safetensors"), "pt") as exported:
         assert not [k for k in exported.keys() if "lora" in k]  # merged: a plain Llama checkpoint
 
+    # Data-parallel evaluation: the weights gathered once on every rank, each rank ran the per-example passes on half
+    # of the examples, and the metrics are those of one process evaluating the exported model alone.
+    from orchestrator.evaluation import evaluate_model
+    from orchestrator.models.loading import load_causal_lm, load_tokenizer
+    from orchestrator.run.prepare import eval_settings, prepare
+
+    per_rank = result.evaluation["examples_per_rank"]
+    assert len(per_rank) == 2 and abs(per_rank[0] - per_rank[1]) <= 5 and sum(per_rank) > 0  # an odd split: +-1 each
+    prepared = prepare(config, progress=lambda m: None)
+    alone = evaluate_model(load_causal_lm(result.model_dir), load_tokenizer(prepared.tokenizer_dir), prepared.data,
+                           prepared.template, eval_settings(config.eval, config.data.max_length),
+                           retain_reference=prepared.retain_report).summary
+    differing = {k: (v, alone[k]) for k, v in result.after.items()
+                 if isinstance(v, float) and (alone[k] is None or abs(v - alone[k]) > 1e-6)}
+    assert not differing
+
 
 # --- (e) refused before any training -----------------------------------------------------------------------------
 @pytest.mark.slow
