@@ -38,15 +38,47 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     """Per-token log p(label) after the next-token shift.
 
     Returns `(logprobs, mask)`, both `[batch, seq - 1]`; masked positions hold 0 in `logprobs`.
-    Uses gather on log_softmax in float32 so that bf16 logits do not lose the small differences NPO relies on.
+    Computed at the labelled positions only, `LABEL_CHUNK` rows at a time in float32 (`_LabelLogprob`), so that
+    neither the prompt's and padding's positions nor a float32 copy of the whole `[batch, seq, vocab]` logits are
+    ever materialised; float32 so that bf16 logits do not lose the small differences NPO relies on.
     """
     shifted_logits, shifted_labels = shift_for_next_token(logits, labels)
     mask = token_mask(shifted_labels)
-    safe_labels = shifted_labels.clamp(min=0)
-    logprobs = torch.gather(
-        F.log_softmax(shifted_logits.float(), dim=-1), dim=-1, index=safe_labels.unsqueeze(-1)
-    ).squeeze(-1)
-    return logprobs * mask, mask
+    labelled = shifted_labels != IGNORE_INDEX
+    logprobs = (shifted_logits[..., 0] * 0).float()  # zeros, in the graph even where nothing is labelled
+    if bool(labelled.any()):
+        logprobs = logprobs.masked_scatter(labelled, _LabelLogprob.apply(shifted_logits[labelled],
+                                                                         shifted_labels[labelled]))
+    return logprobs, mask
+
+
+LABEL_CHUNK = 256  # labelled positions per float32 softmax in `_LabelLogprob` ([chunk, vocab] floats at a time)
+
+
+class _LabelLogprob(torch.autograd.Function):
+    """log softmax(logits)[label] for `[n, vocab]` rows: the forward keeps no float32 `[n, vocab]` tensor, the
+    backward recomputes each chunk's softmax (d/dlogits = onehot(label) - softmax), in the logits' dtype. Written
+    with differentiable operations, so that double backward (OFMU's Hessian-vector products) goes through it."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        normaliser = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(LABEL_CHUNK)])
+        picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
+        ctx.save_for_backward(logits, labels)
+        return picked - normaliser
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, labels = ctx.saved_tensors
+        chunks = []
+        for start in range(0, logits.shape[0], LABEL_CHUNK):
+            rows = slice(start, start + LABEL_CHUNK)
+            # -grad * softmax, plus grad at the label: one [chunk, vocab] tensor; the softmax from the logits, so
+            # that it has a derivative itself.
+            local = -grad[rows].unsqueeze(-1) * torch.softmax(logits[rows].float(), dim=-1)
+            local = local.scatter_add(-1, labels[rows].unsqueeze(-1), grad[rows].unsqueeze(-1).to(local.dtype))
+            chunks.append(local.to(logits.dtype))
+        return torch.cat(chunks), None
 
 
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
