@@ -84,20 +84,26 @@ class BaselineRunner:
     """Runs baselines on the run's resident worker group when it is up, else as a Ray task of the run's shape (in
     the Ray the run uses: connected on the first baseline, if the caller has not connected yet)."""
 
-    def __init__(self, config: ExperimentConfig, workers: Any = None, progress: Progress = print) -> None:
+    def __init__(self, config: ExperimentConfig, workers: Any = None, progress: Progress = print,
+                 cpus_per_worker: int | None = None) -> None:
         self.config = config
         self.workers = workers  # a ResidentWorkers, or None
         self.progress = progress
+        # The run's CPUs per worker, read by the caller before any baseline ran: Ray's count of free CPUs lags a
+        # finished task, so reading it after one would give the run fewer CPUs than it has.
+        self.cpus_per_worker = cpus_per_worker or (workers.cpus_per_worker if workers is not None else None)
 
     @property
     def placement(self) -> Placement:
         from orchestrator.run.job import worker_settings
 
-        shape = worker_settings(self.config, self.workers.cpus_per_worker if self.workers is not None else None)
+        if self.cpus_per_worker is None:
+            self.cpus_per_worker = worker_settings(self.config).cpus_per_worker
+        shape = worker_settings(self.config, self.cpus_per_worker)
         return Placement(shape.cpus_per_worker, shape.use_gpu, self.config.model.dtype)
 
     def __call__(self, baseline: Baseline) -> Any:
-        if self.workers is not None and self.workers.alive():
+        if self.workers is not None and self.workers.alive:
             return self.workers.run(baseline)
         import ray
 

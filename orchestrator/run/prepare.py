@@ -129,14 +129,15 @@ def evaluate_dir(model_dir: str | Path, tokenizer, data: UnlearningData, templat
 
 
 def prepare(config: ExperimentConfig, cache: ArtifactCache | None = None, progress: Progress = print,
-            data: UnlearningData | None = None, workers: Any = None) -> Prepared:
+            data: UnlearningData | None = None, workers: Any = None, cpus_per_worker: int | None = None) -> Prepared:
     """Data, tokenizer, target and retain models and their evaluations, from the cache where possible.
 
     The evaluations (and attacks) of the target and retain models run on a Ray worker of the run's shape, or on the
     caller's resident group `workers` when it is up (`orchestrator/run/baselines.py`): the driver loads no weights.
-    `data`: `load_data(config.data)` when the caller already loaded it (to fail early, before Ray started)."""
+    `data`: `load_data(config.data)` when the caller already loaded it (to fail early, before Ray started).
+    `cpus_per_worker`: the run's, when the caller has fixed it (else read from Ray's free CPUs before the first task)."""
     cache = cache or ArtifactCache(progress=progress)
-    runner = BaselineRunner(config, workers, progress)
+    runner = BaselineRunner(config, workers, progress, cpus_per_worker)
     template = PromptTemplate()
     data = data if data is not None else load_data(config.data)
     data_fp = fingerprint(data)

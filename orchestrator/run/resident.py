@@ -102,8 +102,7 @@ class ResidentWorkers:
 
         if not ray.is_initialized():
             raise RuntimeError("ResidentWorkers.start needs a connected Ray (orchestrator.run.ray_session.connect_ray)")
-        if self.cpus_per_worker is None:
-            self.cpus_per_worker = free_cpus_per_worker(self.workers)
+        self.fix_shape()
         self._feed = ray.util.queue.Queue(actor_options={"num_cpus": 0})
         self._results = ray.util.queue.Queue(actor_options={"num_cpus": 0})
         if self.storage_root is not None:
@@ -122,6 +121,14 @@ class ResidentWorkers:
         self.starts += 1
         self.progress(f"resident workers: {self.workers} Ray Train worker(s) x {self.cpus_per_worker} CPU(s), "
                       "kept for every run")
+
+    def fix_shape(self) -> int:
+        """The group's CPUs per worker, fixed now if the caller left them open (the CPUs Ray has free). Called by a
+        run before its first baseline task: Ray's free-CPU count lags a finished task, so reading it after one would
+        give the group fewer CPUs than the run's job asks for."""
+        if self.cpus_per_worker is None:
+            self.cpus_per_worker = free_cpus_per_worker(self.workers)
+        return self.cpus_per_worker
 
     def _fit(self, trainer) -> None:
         try:

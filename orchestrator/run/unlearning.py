@@ -115,14 +115,17 @@ def run_unlearning(
         workers.check_fits(worker_settings(config, workers.cpus_per_worker))
     ray_how = connect_ray(config.ray.address, config.ray.num_cpus, progress, config.ray.dashboard_host)
     check_resources(config)
-    prepared = prepared or prepare(config, data=data, progress=progress, workers=workers)
+    # Fixed once, before a baseline task runs: Ray's free-CPU count lags a finished task.
+    cpus_per_worker = workers.fix_shape() if workers is not None else worker_settings(config).cpus_per_worker
+    prepared = prepared or prepare(config, data=data, progress=progress, workers=workers,
+                                   cpus_per_worker=cpus_per_worker)
     t_prepared = time.perf_counter()
     tokenizer = load_tokenizer(prepared.tokenizer_dir)
     settings = eval_settings(config.eval, config.data.max_length)
     target_dir = target_dir or prepared.target_dir
     before_report = None  # the whole report of the model before unlearning, where this call has it
     if before is None:
-        runner = BaselineRunner(config, workers, progress)
+        runner = BaselineRunner(config, workers, progress, cpus_per_worker)
         before_report = (prepared.target_report if target is None else EvalReport.from_dict(runner(EvaluateModel(
             target_dir, prepared.tokenizer_dir, prepared.data, prepared.template, settings, runner.placement,
             prepared.retain_report))))
@@ -130,8 +133,7 @@ def run_unlearning(
 
     if workers is not None:
         workers.start()
-    job = replace(make_job(config, prepared, tokenizer, target_dir,
-                           cpus_per_worker=workers.cpus_per_worker if workers else None),
+    job = replace(make_job(config, prepared, tokenizer, target_dir, cpus_per_worker=cpus_per_worker),
                   tokenizer_dir=prepared.tokenizer_dir,
                   evaluation=EvaluationJob.of(prepared.tokenizer_dir, prepared.data, prepared.template, settings,
                                               prepared.retain_report, attack_plan(config)))

@@ -132,10 +132,10 @@ def _run_locked(config: ExperimentConfig, cfg: StreamConfig, stream_methods: lis
     check_resources(config)
     # Without eval.attacks: `prepare` would relearn the retain model as the control of `unlearn run`'s relearning
     # attack, which a stream does not report (its recovery is per request, against each request's own before).
+    shape = worker_settings(config)  # before a baseline task runs: Ray's free-CPU count lags a finished task
     prepared = prepare(config.model_copy(update={"eval": config.eval.model_copy(update={"attacks": None})}),
-                       progress=progress, data=data)
+                       progress=progress, data=data, cpus_per_worker=shape.cpus_per_worker)
     tokenizer = load_tokenizer(prepared.tokenizer_dir)
-    shape = worker_settings(config)
     with ResidentWorkers(shape.workers, shape.cpus_per_worker, shape.use_gpu, progress=progress,
                          storage_root=output / "ray") as workers:
         for method in stream_methods:
