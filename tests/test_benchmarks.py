@@ -164,3 +164,27 @@ def test_the_method_table_over_seeds_gives_spreads_and_per_seed_verdicts(tmp_pat
     assert "ok 2/2" in printed and "mixed 1/2" in printed and "0.350±0.050" in printed
     saved = json.loads((tmp_path / "table.json").read_text())
     assert [m["verdict"] for m in saved["methods"]] == ["ok 2/2", "mixed 1/2"]
+
+
+@pytest.mark.slow
+def test_side_by_side_tiny_trains_both_sides_on_the_same_rows(tmp_path):
+    side_by_side = load_script("side_by_side")
+    assert side_by_side.data_shape(2, 8) == {"data.forget_fraction": 0.1, "data.synthetic.n_people": 20,
+                                             "data.synthetic.questions_per_person": 8}
+    out = tmp_path / "figures.json"
+    env = {**os.environ, "RAY_UNLEARN_CACHE": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "benchmarks/side_by_side.py", "--preset", "tiny", "--steps", "2",
+                           "--workdir", str(tmp_path / "work"), "--json", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for side in ("theirs", "ours"):
+        row = figures[side]
+        assert row["steps"] == 2 and row["tokens_per_second"] > 0 and row["peak_memory_bytes"] > 0
+        assert row["wall_seconds"] > 0
+    assert figures["ours"]["tokens"] == figures["theirs"]["tokens"]  # the very same batches
+    assert figures["ratios"]["tokens_per_second"] > 0
+    printed = done.stdout.splitlines()
+    assert any(line.startswith("theirs ") for line in printed) and any(line.startswith("ours ") for line in printed)
+    assert "ours/theirs: tokens/s" in done.stdout
