@@ -136,6 +136,11 @@ class UnlearningMethod:
         """`value` for the rows of `part`: from the cache, else from a reference forward (then cached)."""
         return self.reference_cache.lookup(value, part, self.reference_logits)
 
+    def reference_rows(self, value: ReferenceValue, part: BatchPart) -> torch.Tensor:
+        """A per-token `value` at `part`'s labelled positions only, `[n, ...]` in `labelled_rows`' order and the
+        cached dtype: no padded float32 `[batch, seq, vocab]` copy of a full-vocabulary value."""
+        return self.reference_cache.lookup(value, part, self.reference_logits, packed=True)
+
     def replace_reference(self, reference: torch.nn.Module | None) -> None:
         """Use `reference` (frozen here: eval mode, no gradients) as the reference model from now on."""
         if reference is not None:
@@ -243,12 +248,13 @@ class ReferenceCache:
         return len(self._sequence) + len(self._token)
 
     def lookup(self, value: ReferenceValue, part: BatchPart,
-               logits: Callable[[BatchPart], torch.Tensor]) -> torch.Tensor:
-        """`value` for `part`'s rows; `logits(part)` (the reference forward) runs only on a miss."""
+               logits: Callable[[BatchPart], torch.Tensor], packed: bool = False) -> torch.Tensor:
+        """`value` for `part`'s rows; `logits(part)` (the reference forward) runs only on a miss.
+        `packed`: a per-token value at the labelled positions only (see `per_token`)."""
         compute = lambda p: value.compute(logits(p), p)  # noqa: E731
         if value.per == "sequence":
             return self.per_sequence(value.key, part, compute)
-        return self.per_token(value.key, part, compute, dtype=value.dtype)
+        return self.per_token(value.key, part, compute, dtype=value.dtype, packed=packed)
 
     def has(self, value: ReferenceValue, index: int) -> bool:
         return (value.key, index) in (self._sequence if value.per == "sequence" else self._token)
@@ -285,8 +291,10 @@ class ReferenceCache:
         part: BatchPart,
         compute: Callable[[BatchPart], torch.Tensor],
         dtype: torch.dtype = torch.float32,
+        packed: bool = False,
     ) -> torch.Tensor:
-        """`[batch, seq - 1, ...]` values aligned with the shifted labels; unlabelled positions are zero."""
+        """`[batch, seq - 1, ...]` float32 values aligned with the shifted labels, unlabelled positions zero; or,
+        `packed`, `[n, ...]` at the labelled positions only (row-major, as `tensor[mask]` orders them), as cached."""
         _, shifted_labels = shift_for_next_token(part["input_ids"].unsqueeze(-1), part["labels"])
         mask = token_mask(shifted_labels).bool()
         indices = [int(i) for i in part["index"].tolist()]
@@ -294,6 +302,8 @@ class ReferenceCache:
         if self._hit(self._token, key, part):
             self.hits += len(indices)
             rows = [self._token[(key, i)] for i in indices]
+            if packed:
+                return torch.cat(rows).to(device=device)
             out = torch.zeros((*mask.shape, *rows[0].shape[1:]), dtype=torch.float32, device=device)
             for b, row in enumerate(rows):
                 out[b, mask[b]] = row.to(device=device, dtype=torch.float32)
@@ -303,6 +313,8 @@ class ReferenceCache:
         self.misses += len(indices)
         for b, i in enumerate(indices):
             self._token[(key, i)] = values[b, mask[b]].to(device="cpu", dtype=dtype)
+        if packed:
+            return values[mask]
         return values.float() * mask.reshape(*mask.shape, *([1] * (values.dim() - 2)))
 
 

@@ -76,6 +76,13 @@ class UnDIALHyperparameters(Hyperparameters):
         description="logit penalty on the true next token (open-unlearning UNDIAL.yaml `beta`: 10; "
         "UnDIAL's own code defaults to 5, its README uses 3; suggested grid {3, 10, 30})",
     )
+    teacher_top_k: int | None = pydantic.Field(
+        None,
+        ge=1,
+        description="keep the teacher's adjusted distribution at its k likeliest tokens plus the true one, the "
+        "rest of its mass spread evenly over the other tokens (the reference values then take 8(k+1) bytes a token "
+        "instead of 2 x vocabulary; the spread mass is logged as teacher_tail_mass); None keeps the whole vocabulary",
+    )
 
 
 class IHLHyperparameters(Hyperparameters):
@@ -192,6 +199,22 @@ class OFMUHyperparameters(Hyperparameters):
     outer_hessian: Literal["exact", "forget_only"] = pydantic.Field(
         "exact",
         description="Hess(Phi) in the outer step: exact (third derivatives) or Hess(L_f) (second derivatives)",
+    )
+    # First-order mode (methods/ofmu.py's docstring): no double backward, so fused SDPA attention stays on.
+    hessian: Literal["exact", "finite_difference"] = pydantic.Field(
+        "exact",
+        description="Hessian-vector products: exact (double backward, eager attention) or finite differences of "
+        "first-order gradients",
+    )
+    fd_eps: float = pydantic.Field(
+        3e-4, gt=0, le=1, allow_inf_nan=False,
+        description="finite-difference step relative to the parameters: eps = fd_eps * (1 + ||theta||) "
+        "(hessian=finite_difference)",
+    )
+    fd_scheme: Literal["central", "forward"] = pydantic.Field(
+        "central",
+        description="finite differences: central (error O(eps^2), 2 gradients per product) or forward "
+        "(O(eps), 1 gradient per product)",
     )
 
     @pydantic.model_validator(mode="after")

@@ -27,8 +27,9 @@ from methods.icu_metrics import (
 )
 from methods.numerics import (
     forward_logits,
-    masked_token_mean,
-    next_token_log_softmax,
+    labelled_rows,
+    labelled_token_mean,
+    soft_cross_entropy,
     token_denominator,
     token_mean_nll,
 )
@@ -58,14 +59,13 @@ class ICU(UnlearningMethod):
         analogous_logits = forward_logits(model, analogous)
         analogous_tokens = token_denominator(analogous)
         analogous_nll = token_mean_nll(analogous_logits, analogous["labels"], analogous_tokens)
-        log_q, mask = next_token_log_softmax(analogous_logits, analogous["labels"])
-        log_p_original = self.reference_value(self.ORIGINAL, analogous)
+        rows, _ = labelled_rows(analogous_logits, analogous["labels"])
+        log_p_original = self.reference_rows(self.ORIGINAL, analogous)
         # ICU code: kl_loss = -(prob_p * log(prob_q + 1e-12)).sum(-1).mean(), p = original model (precomputed),
         # q = current. The code averages over every position of the padded sequence; we average over the labelled
         # answer tokens (cached rows exist only there), like every token mean in methods/. CE = KL + H(p_original):
-        # same gradient as KL(p_original || p_current).
-        p_original = torch.where(mask.bool().unsqueeze(-1), log_p_original.exp(), 0.0)  # unlabelled rows: exp(0)
-        cross_entropy = masked_token_mean(-(p_original * log_q).sum(dim=-1), mask, analogous_tokens)
+        # same gradient as KL(p_original || p_current). p_original is renormalised after its float16 cache.
+        cross_entropy = labelled_token_mean(soft_cross_entropy(rows, log_p_original), analogous_tokens)
         hp = self.hparams
         loss = -forget_nll + hp.alpha * analogous_nll + hp.beta * cross_entropy  # code: -uw*unlearn + lw*learn + kl*kl
         return loss, as_float_logs(

@@ -111,6 +111,12 @@ def masked_token_mean(
     return _divide((values * mask).sum(), mask.sum(), denominator)
 
 
+def labelled_token_mean(values: torch.Tensor, denominator: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of a per-token quantity given at the labelled positions only, `[n]` (`labelled_rows`' order)
+    (`denominator` as in token_mean_nll)."""
+    return _divide(values.sum(), torch.tensor(float(values.shape[0]), device=values.device), denominator)
+
+
 def sequence_mean(values: torch.Tensor, denominator: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of a per-sequence quantity `[batch]` over the batch's rows (NPO, DPO, SimNPO).
 
@@ -178,3 +184,101 @@ def next_token_log_softmax(logits: torch.Tensor, labels: torch.Tensor) -> tuple[
     """
     shifted_logits, shifted_labels = shift_for_next_token(logits, labels)
     return F.log_softmax(shifted_logits.float(), dim=-1), token_mask(shifted_labels)
+
+
+# --- cross-entropy to a soft target, at the labelled positions only ---------------------------------------------
+def labelled_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shifted logits at the labelled positions, `[n, vocab]` in row-major (batch, position) order, and their
+    labels `[n]`: the rows a token loss reads, without the prompt's and padding's."""
+    shifted_logits, shifted_labels = shift_for_next_token(logits, labels)
+    labelled = shifted_labels != IGNORE_INDEX
+    return shifted_logits[labelled], shifted_labels[labelled]
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor,
+    target_logits: torch.Tensor,
+    target_index: torch.Tensor | None = None,
+    adjust_index: torch.Tensor | None = None,
+    adjust: float = 0.0,
+) -> torch.Tensor:
+    """Per row, the cross-entropy -sum_v t_v log softmax(logits)_v to a soft target t, `[n]`.
+
+    `logits`: `[n, vocab]` (`labelled_rows`). Dense: `target_logits` `[n, vocab]` and t = softmax(target_logits);
+    `adjust_index` `[n]` and `adjust` add `adjust` to the target logit at that id first (UnDIAL's -gamma at the true
+    token). Sparse: `target_logits` `[n, k]` are log t at the distinct vocabulary ids `target_index` `[n, k]`
+    (summing to at most 1), and the mass they leave, 1 - sum exp(target_logits), is spread evenly over the other
+    vocab - k ids. Any float dtype (float16 caches): the target is taken in float32.
+    Computed `LABEL_CHUNK` rows at a time in float32, and the backward (softmax(logits) - t) recomputes each chunk:
+    no float32 `[n, vocab]` tensor is kept, only the inputs."""
+    if adjust_index is not None and target_index is not None:
+        raise ValueError("soft_cross_entropy: adjust applies to a dense target only")
+    return _SoftCrossEntropy.apply(logits, target_logits, target_index, adjust_index, adjust)
+
+
+def _dense_target(target_logits: torch.Tensor, adjust_index: torch.Tensor | None, adjust: float,
+                  rows: slice) -> torch.Tensor:
+    """softmax of one chunk's target logits in float32, the adjustment applied."""
+    target = target_logits[rows].float()
+    if adjust_index is not None:
+        target = target.scatter_add(-1, adjust_index[rows].unsqueeze(-1),
+                                    torch.full_like(target[:, :1], adjust))
+    return torch.softmax(target, dim=-1)
+
+
+def _sparse_target(target_logits: torch.Tensor, vocab: int, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk's kept probabilities `[c, k]` and the probability of each other id `[c, 1]`."""
+    kept = target_logits[rows].float().exp()
+    others = vocab - kept.shape[-1]
+    tail = (1.0 - kept.sum(dim=-1, keepdim=True)).clamp(min=0.0) / max(others, 1)
+    return kept, tail
+
+
+class _SoftCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target_logits, target_index, adjust_index, adjust):
+        out = []
+        vocab = logits.shape[-1]
+        for start in range(0, logits.shape[0], LABEL_CHUNK):
+            rows = slice(start, start + LABEL_CHUNK)
+            z = logits[rows].float()
+            # -sum_v t_v (z_v - lse(z)) = lse(z) - sum_v t_v z_v, as sum_v t_v = 1
+            if target_index is None:
+                expected = (_dense_target(target_logits, adjust_index, adjust, rows) * z).sum(dim=-1)
+            else:
+                kept, tail = _sparse_target(target_logits, vocab, rows)
+                picked = z.gather(-1, target_index[rows])
+                expected = (kept * picked).sum(dim=-1) + tail.squeeze(-1) * (z.sum(dim=-1) - picked.sum(dim=-1))
+            out.append(torch.logsumexp(z, dim=-1) - expected)
+        ctx.save_for_backward(logits, target_logits, target_index, adjust_index)
+        ctx.adjust = adjust
+        return torch.cat(out) if out else logits.new_zeros(0, dtype=torch.float32)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        logits, target_logits, target_index, adjust_index = ctx.saved_tensors
+        chunks = []
+        vocab = logits.shape[-1]
+        for start in range(0, logits.shape[0], LABEL_CHUNK):
+            rows = slice(start, start + LABEL_CHUNK)
+            local = torch.softmax(logits[rows].float(), dim=-1)  # d/dz = softmax(z) - t
+            if target_index is None:
+                local -= _dense_target(target_logits, adjust_index, ctx.adjust, rows)
+            else:
+                kept, tail = _sparse_target(target_logits, vocab, rows)
+                local -= tail
+                local.scatter_add_(-1, target_index[rows], tail - kept)
+            chunks.append((local * grad[rows].unsqueeze(-1)).to(logits.dtype))
+        grad_logits = torch.cat(chunks) if chunks else torch.zeros_like(logits)
+        return grad_logits, None, None, None, None
+
+
+@torch.no_grad()
+def soft_entropy(target_logits: torch.Tensor) -> torch.Tensor:
+    """Per row, the entropy of softmax(target_logits) `[n, vocab]`, in float32 chunks (KL = cross-entropy - this)."""
+    out = []
+    for chunk in target_logits.split(LABEL_CHUNK):
+        log_t = torch.log_softmax(chunk.float(), dim=-1)
+        out.append(-(log_t.exp() * log_t).sum(dim=-1))
+    return torch.cat(out) if out else target_logits.new_zeros(0, dtype=torch.float32)
