@@ -45,7 +45,7 @@ def full_vocabulary_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tupl
     """Before: a float32 log_softmax over [batch, seq - 1, vocab], prompt and padding included, then the gather."""
     shifted, targets = logits[:, :-1, :], labels[:, 1:]
     mask = (targets != IGNORE_INDEX).float()
-    picked = torch.gather(F.log_softmax(shifted.float(), dim=-1), -1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    picked = torch.gather(F.log_softmax(numerics.at_least_float32(shifted), dim=-1), -1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return picked * mask, mask
 
 
@@ -53,7 +53,7 @@ def full_vocabulary_undial_loss(self, model, batch):
     """Before: UnDIAL's loss as it was, every tensor [batch, seq - 1, vocab] in float32."""
     forget = batch["forget"]
     logits = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
-    log_p = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    log_p = F.log_softmax(numerics.at_least_float32(logits[:, :-1]), dim=-1)
     labels = forget["labels"][:, 1:]
     mask = (labels != IGNORE_INDEX).float()
     true = labels.clamp(min=0).unsqueeze(-1)
@@ -131,12 +131,13 @@ class PeakSampler:
         self.peak = max(self.peak, rss_bytes())
 
 
-def ready(name: str, variant: str, args: argparse.Namespace):
+def ready(name: str, variant: str, args: argparse.Namespace, dtype: torch.dtype = torch.float32):
     """The model, the rows and the method, its reference values cached before the step as the loop does."""
     if variant == "before":
         numerics.token_logprobs = full_vocabulary_logprobs
         methods.undial.UnDIAL.loss = full_vocabulary_undial_loss
     model, batch = problem(args)
+    model.to(dtype)
     top_k = {"teacher_top_k": int(variant[len("top"):])} if variant.startswith("top") else {}
     method = methods.build(name, reference=model, **top_k)
     with torch.no_grad():
@@ -152,11 +153,7 @@ def step(name: str, variant: str, args: argparse.Namespace,
          dtype: torch.dtype = torch.float32) -> tuple[float, dict[str, torch.Tensor], dict, int]:
     """One loss and backward in `dtype`: the loss, the gradients, the logs and the bytes of the cached reference
     values."""
-    torch.set_default_dtype(dtype)
-    try:
-        model, batch, method = ready(name, variant, args)
-    finally:
-        torch.set_default_dtype(torch.float32)
+    model, batch, method = ready(name, variant, args, dtype)
     loss, logs = method.loss(model, batch)
     loss.backward()
     cached = sum(t.numel() * t.element_size() for t in method.reference_cache._token.values())

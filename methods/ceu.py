@@ -20,10 +20,10 @@ from methods.hyperparameters import CEUHyperparameters
 from methods.numerics import (
     IGNORE_INDEX,
     forward_logits,
-    masked_token_mean,
-    next_token_log_softmax,
+    labelled_rows,
+    labelled_token_mean,
     sequence_denominator,
-    shift_for_next_token,
+    soft_cross_entropy,
     token_denominator,
 )
 
@@ -34,13 +34,11 @@ def without_first_answer_tokens(labels: torch.Tensor, n: int) -> torch.Tensor:
     return labels.masked_fill(labelled & (labelled.cumsum(dim=-1) <= n), IGNORE_INDEX)
 
 
-def cross_entropy_unlearning(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token CE(q, p) `[batch, seq - 1]` (0 where unlabelled) and the label mask, after the next-token shift."""
-    log_p, mask = next_token_log_softmax(logits, labels)
-    shifted_logits, shifted_labels = shift_for_next_token(logits, labels)
-    true_token = shifted_labels.clamp(min=0).unsqueeze(-1)
-    target = torch.softmax(shifted_logits.detach().float().scatter(-1, true_token, float("-inf")), dim=-1)
-    return -(target * log_p).sum(dim=-1) * mask, mask
+def cross_entropy_unlearning(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token CE(q, p) at the labelled positions, `[n]` in `labelled_rows`' order: q is the model's own
+    (detached) distribution with the true token's logit at -inf, in float32 chunks (`soft_cross_entropy`)."""
+    rows, true_token = labelled_rows(logits, labels)
+    return soft_cross_entropy(rows, rows.detach(), adjust_index=true_token, adjust=float("-inf"))
 
 
 class CEU(UnlearningMethod):
@@ -52,11 +50,11 @@ class CEU(UnlearningMethod):
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         forget = batch["forget"]
         labels = without_first_answer_tokens(forget["labels"], self.hparams.ignore_first_n_answer_tokens)
-        per_token, mask = cross_entropy_unlearning(forward_logits(model, forget), labels)
+        per_token = cross_entropy_unlearning(forward_logits(model, forget), labels)
         n = self.hparams.ignore_first_n_answer_tokens
         tokens, rows = token_denominator(forget), sequence_denominator(forget)
         # This worker's share of the global count of the tokens left in (None on one process: its own count); with
         # no token left anywhere the sum is 0 and the clamp only avoids 0 / 0.
         kept = None if tokens is None or rows is None else (tokens - n * rows).clamp(min=1e-6)
-        forget_ceu = masked_token_mean(per_token, mask, kept)
+        forget_ceu = labelled_token_mean(per_token, kept)
         return forget_ceu, as_float_logs(forget_ceu=forget_ceu)

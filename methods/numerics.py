@@ -24,6 +24,11 @@ TOKENS_PER_WORKER = "tokens_per_worker"
 SEQUENCES_PER_WORKER = "sequences_per_worker"
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """float32, or float64 where the tensor already is: the precision the losses reduce in."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
+
+
 def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Align `logits[:, t]` with `labels[:, t + 1]`; returns (logits[:, :-1], labels[:, 1:])."""
     return logits[:, :-1, :], labels[:, 1:]
@@ -45,7 +50,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     shifted_logits, shifted_labels = shift_for_next_token(logits, labels)
     mask = token_mask(shifted_labels)
     labelled = shifted_labels != IGNORE_INDEX
-    logprobs = (shifted_logits[..., 0] * 0).float()  # zeros, in the graph even where nothing is labelled
+    logprobs = at_least_float32(shifted_logits[..., 0] * 0)  # zeros, in the graph even where nothing is labelled
     if bool(labelled.any()):
         logprobs = logprobs.masked_scatter(labelled, _LabelLogprob.apply(shifted_logits[labelled],
                                                                          shifted_labels[labelled]))
@@ -62,8 +67,8 @@ class _LabelLogprob(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        normaliser = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(LABEL_CHUNK)])
-        picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
+        normaliser = torch.cat([torch.logsumexp(at_least_float32(chunk), dim=-1) for chunk in logits.split(LABEL_CHUNK)])
+        picked = at_least_float32(logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1))
         ctx.save_for_backward(logits, labels)
         return picked - normaliser
 
@@ -75,7 +80,7 @@ class _LabelLogprob(torch.autograd.Function):
             rows = slice(start, start + LABEL_CHUNK)
             # -grad * softmax, plus grad at the label: one [chunk, vocab] tensor; the softmax from the logits, so
             # that it has a derivative itself.
-            local = -grad[rows].unsqueeze(-1) * torch.softmax(logits[rows].float(), dim=-1)
+            local = -grad[rows].unsqueeze(-1) * torch.softmax(at_least_float32(logits[rows]), dim=-1)
             local = local.scatter_add(-1, labels[rows].unsqueeze(-1), grad[rows].unsqueeze(-1).to(local.dtype))
             chunks.append(local.to(logits.dtype))
         return torch.cat(chunks), None
@@ -219,7 +224,7 @@ def soft_cross_entropy(
 def _dense_target(target_logits: torch.Tensor, adjust_index: torch.Tensor | None, adjust: float,
                   rows: slice) -> torch.Tensor:
     """softmax of one chunk's target logits in float32, the adjustment applied."""
-    target = target_logits[rows].float()
+    target = at_least_float32(target_logits[rows])
     if adjust_index is not None:
         target = target.scatter_add(-1, adjust_index[rows].unsqueeze(-1),
                                     torch.full_like(target[:, :1], adjust))
@@ -228,7 +233,7 @@ def _dense_target(target_logits: torch.Tensor, adjust_index: torch.Tensor | None
 
 def _sparse_target(target_logits: torch.Tensor, vocab: int, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk's kept probabilities `[c, k]` and the probability of each other id `[c, 1]`."""
-    kept = target_logits[rows].float().exp()
+    kept = at_least_float32(target_logits[rows]).exp()
     others = vocab - kept.shape[-1]
     tail = (1.0 - kept.sum(dim=-1, keepdim=True)).clamp(min=0.0) / max(others, 1)
     return kept, tail
@@ -241,7 +246,7 @@ class _SoftCrossEntropy(torch.autograd.Function):
         vocab = logits.shape[-1]
         for start in range(0, logits.shape[0], LABEL_CHUNK):
             rows = slice(start, start + LABEL_CHUNK)
-            z = logits[rows].float()
+            z = at_least_float32(logits[rows])
             # -sum_v t_v (z_v - lse(z)) = lse(z) - sum_v t_v z_v, as sum_v t_v = 1
             if target_index is None:
                 expected = (_dense_target(target_logits, adjust_index, adjust, rows) * z).sum(dim=-1)
@@ -262,13 +267,13 @@ class _SoftCrossEntropy(torch.autograd.Function):
         vocab = logits.shape[-1]
         for start in range(0, logits.shape[0], LABEL_CHUNK):
             rows = slice(start, start + LABEL_CHUNK)
-            local = torch.softmax(logits[rows].float(), dim=-1)  # d/dz = softmax(z) - t
+            local = torch.softmax(at_least_float32(logits[rows]), dim=-1)  # d/dz = softmax(z) - t
             if target_index is None:
                 local -= _dense_target(target_logits, adjust_index, ctx.adjust, rows)
             else:
                 kept, tail = _sparse_target(target_logits, vocab, rows)
                 local -= tail
-                local.scatter_add_(-1, target_index[rows], tail - kept)
+                local.scatter_add_(-1, target_index[rows], (tail - kept).to(local.dtype))
             chunks.append((local * grad[rows].unsqueeze(-1)).to(logits.dtype))
         grad_logits = torch.cat(chunks) if chunks else torch.zeros_like(logits)
         return grad_logits, None, None, None, None
@@ -279,6 +284,6 @@ def soft_entropy(target_logits: torch.Tensor) -> torch.Tensor:
     """Per row, the entropy of softmax(target_logits) `[n, vocab]`, in float32 chunks (KL = cross-entropy - this)."""
     out = []
     for chunk in target_logits.split(LABEL_CHUNK):
-        log_t = torch.log_softmax(chunk.float(), dim=-1)
+        log_t = torch.log_softmax(at_least_float32(chunk), dim=-1)
         out.append(-(log_t.exp() * log_t).sum(dim=-1))
     return torch.cat(out) if out else target_logits.new_zeros(0, dtype=torch.float32)

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 
 import methods
 import methods.numerics as numerics
-from methods.numerics import IGNORE_INDEX, labelled_rows, soft_cross_entropy, soft_entropy
+from methods.numerics import IGNORE_INDEX, at_least_float32, labelled_rows, soft_cross_entropy, soft_entropy
+from methods.ceu import cross_entropy_unlearning
+from methods.ihl import inverted_hinge
 from methods.undial import sparse_adjusted_target
 
 
@@ -28,7 +30,7 @@ def _dense_reference(logits, target, labels=None, adjust=0.0):
     t = target.float()
     if labels is not None:
         t = t.scatter_add(-1, labels.unsqueeze(-1), torch.full_like(t[:, :1], adjust))
-    return -(F.softmax(t, dim=-1) * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
+    return -(F.softmax(t, dim=-1) * F.log_softmax(at_least_float32(logits), dim=-1)).sum(dim=-1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -57,7 +59,7 @@ def test_a_sparse_target_spreads_what_it_leaves_evenly_over_the_other_ids():
     old = -(dense * F.log_softmax(logits, -1)).sum(-1)
     (new_grad,) = torch.autograd.grad((new * torch.arange(13.0)).sum(), logits)
     (old_grad,) = torch.autograd.grad((old * torch.arange(13.0)).sum(), logits)
-    torch.testing.assert_close(new, old.float(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(new_grad, old_grad, rtol=1e-6, atol=1e-6)
 
 
@@ -101,7 +103,7 @@ def _llama(vocab: int = 61):
 def _old_undial_loss(model, teacher_log_p, part, gamma):
     """The formulation it replaces: float32 [batch, seq - 1, vocab] log_softmax, target and product."""
     logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
-    log_p = F.log_softmax(logits[:, :-1].float(), -1)
+    log_p = F.log_softmax(at_least_float32(logits[:, :-1]), -1)
     labels = part["labels"][:, 1:]
     mask = (labels != IGNORE_INDEX).float()
     true = labels.clamp(min=0).unsqueeze(-1)
@@ -155,3 +157,43 @@ def test_the_sparse_target_keeps_the_true_token_and_the_likeliest_others():
     assert values[3:].tolist() == [2.0, 4.0, 1.0]  # tokens 2 and 4 lead once token 1 is lowered by 2; then y = 1
     adjusted = F.log_softmax(F.log_softmax(logits[0, 0], -1) - 2.0 * F.one_hot(torch.tensor(1), 5), -1)
     torch.testing.assert_close(values[:3], adjusted[[2, 4, 1]])
+
+
+# --- IHL and CE-U on the labelled rows, in chunks -------------------------------------------------------------
+def _full_vocabulary_ihl(logits, labels):
+    """The formulation it replaces: float32 softmax over [batch, seq - 1, vocab]."""
+    probs = F.softmax(at_least_float32(logits[:, :-1]), -1)
+    y = labels[:, 1:]
+    mask = y != IGNORE_INDEX
+    true = y.clamp(min=0).unsqueeze(-1)
+    best_other = probs.scatter(-1, true, 0.0).max(-1).values
+    return (1.0 + probs.gather(-1, true).squeeze(-1) - best_other)[mask]
+
+
+def _full_vocabulary_ceu(logits, labels):
+    log_p = F.log_softmax(at_least_float32(logits[:, :-1]), -1)
+    y = labels[:, 1:]
+    mask = y != IGNORE_INDEX
+    true = y.clamp(min=0).unsqueeze(-1)
+    target = F.softmax(at_least_float32(logits[:, :-1].detach()).scatter(-1, true, float("-inf")), -1)
+    return -(target * log_p).sum(-1)[mask]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk", [1024, 5])
+@pytest.mark.parametrize("new_loss, old_loss", [(inverted_hinge, _full_vocabulary_ihl),
+                                                (cross_entropy_unlearning, _full_vocabulary_ceu)])
+def test_ihl_and_ceu_equal_their_full_vocabulary_formulations(dtype, chunk, new_loss, old_loss, monkeypatch):
+    monkeypatch.setattr(numerics, "LABEL_CHUNK", chunk)
+    g = torch.Generator().manual_seed(3)
+    logits = (3 * torch.randn(3, 8, 41, generator=g)).to(dtype).requires_grad_(True)
+    labels = torch.randint(0, 41, (3, 8), generator=g)
+    labels[:, :3] = IGNORE_INDEX
+    labels[1, 5:] = IGNORE_INDEX
+    weights = torch.arange(1.0, 13.0)  # 12 labelled positions after the shift
+    new = new_loss(logits, labels)
+    old = old_loss(logits, labels)
+    (new_grad,) = torch.autograd.grad((new * weights).sum(), logits)
+    (old_grad,) = torch.autograd.grad((old * weights).sum(), logits)
+    torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(new_grad.double(), old_grad.double(), rtol=1e-6, atol=1e-6)
