@@ -57,8 +57,8 @@ def full_vocabulary_undial_loss(self, model, batch):
     labels = forget["labels"][:, 1:]
     mask = (labels != IGNORE_INDEX).float()
     true = labels.clamp(min=0).unsqueeze(-1)
-    teacher = self.reference_value(self.TEACHER, forget)
-    penalty = torch.full_like(true, -self.hparams.gamma, dtype=torch.float32)
+    teacher = self.reference_value(self.TEACHER, forget).to(log_p.dtype)
+    penalty = torch.full_like(true, -self.hparams.gamma, dtype=log_p.dtype)
     target = F.softmax(teacher.scatter_add(-1, true, penalty), dim=-1)
     loss = (-(target * log_p).sum(-1) * mask).sum() / mask.sum()
     return loss, {}

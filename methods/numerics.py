@@ -222,18 +222,20 @@ def soft_cross_entropy(
 
 
 def _dense_target(target_logits: torch.Tensor, adjust_index: torch.Tensor | None, adjust: float,
-                  rows: slice) -> torch.Tensor:
-    """softmax of one chunk's target logits in float32, the adjustment applied."""
-    target = at_least_float32(target_logits[rows])
+                  rows: slice, dtype: torch.dtype) -> torch.Tensor:
+    """softmax of one chunk's target logits in `dtype` (the logits' reduction dtype, so that the target sums to 1
+    in it), the adjustment applied."""
+    target = target_logits[rows].to(dtype)
     if adjust_index is not None:
         target = target.scatter_add(-1, adjust_index[rows].unsqueeze(-1),
                                     torch.full_like(target[:, :1], adjust))
     return torch.softmax(target, dim=-1)
 
 
-def _sparse_target(target_logits: torch.Tensor, vocab: int, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk's kept probabilities `[c, k]` and the probability of each other id `[c, 1]`."""
-    kept = at_least_float32(target_logits[rows]).exp()
+def _sparse_target(target_logits: torch.Tensor, vocab: int, rows: slice,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk's kept probabilities `[c, k]` and the probability of each other id `[c, 1]`, in `dtype`."""
+    kept = target_logits[rows].to(dtype).exp()
     others = vocab - kept.shape[-1]
     tail = (1.0 - kept.sum(dim=-1, keepdim=True)).clamp(min=0.0) / max(others, 1)
     return kept, tail
@@ -249,9 +251,9 @@ class _SoftCrossEntropy(torch.autograd.Function):
             z = at_least_float32(logits[rows])
             # -sum_v t_v (z_v - lse(z)) = lse(z) - sum_v t_v z_v, as sum_v t_v = 1
             if target_index is None:
-                expected = (_dense_target(target_logits, adjust_index, adjust, rows) * z).sum(dim=-1)
+                expected = (_dense_target(target_logits, adjust_index, adjust, rows, z.dtype) * z).sum(dim=-1)
             else:
-                kept, tail = _sparse_target(target_logits, vocab, rows)
+                kept, tail = _sparse_target(target_logits, vocab, rows, z.dtype)
                 picked = z.gather(-1, target_index[rows])
                 expected = (kept * picked).sum(dim=-1) + tail.squeeze(-1) * (z.sum(dim=-1) - picked.sum(dim=-1))
             out.append(torch.logsumexp(z, dim=-1) - expected)
@@ -269,11 +271,11 @@ class _SoftCrossEntropy(torch.autograd.Function):
             rows = slice(start, start + LABEL_CHUNK)
             local = torch.softmax(at_least_float32(logits[rows]), dim=-1)  # d/dz = softmax(z) - t
             if target_index is None:
-                local -= _dense_target(target_logits, adjust_index, ctx.adjust, rows)
+                local -= _dense_target(target_logits, adjust_index, ctx.adjust, rows, local.dtype)
             else:
-                kept, tail = _sparse_target(target_logits, vocab, rows)
+                kept, tail = _sparse_target(target_logits, vocab, rows, local.dtype)
                 local -= tail
-                local.scatter_add_(-1, target_index[rows], (tail - kept).to(local.dtype))
+                local.scatter_add_(-1, target_index[rows], tail - kept)
             chunks.append((local * grad[rows].unsqueeze(-1)).to(logits.dtype))
         grad_logits = torch.cat(chunks) if chunks else torch.zeros_like(logits)
         return grad_logits, None, None, None, None
