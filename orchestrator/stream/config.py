@@ -50,6 +50,19 @@ class PolicyConfig(_Section):
                             "request for more to arrive (their latency grows by up to the window).")
 
 
+class ResurgenceSchedule(_Section):
+    """Which earlier requests' forget sets are evaluated again after each batch (the resurgence matrix), so that the
+    work per request stays bounded however long the stream: a rotating sample, and a full sweep now and then."""
+
+    sample: int | None = Field(
+        8, ge=1, description="Earlier requests evaluated after each batch, taken in rotation through the applied "
+        "ones (every one is measured again within about applied / sample batches); null: every earlier request "
+        "after every batch (the cost of a request then grows with the stream's length).")
+    full_every: int | None = Field(
+        50, ge=1, description="Every this many applied batches, evaluate every earlier request; null: never "
+        "(an attack point, stream.attack_every, evaluates every one too).")
+
+
 class StreamConfig(_Section):
     """A stream of forget requests (`unlearn stream`)."""
 
@@ -74,7 +87,9 @@ class StreamConfig(_Section):
         0.5, ge=0, le=1, description="Guard: a request leaving model utility below this share of the original "
         "model's (or a NaN/infinite loss) is rolled back.")
     eval_max_per_split: int = Field(40, ge=1, description="Retain, neighbour and world examples evaluated after "
-                                    "each request (forget sets: all of them).")
+                                    "each request (forget sets: all of the batch's own, and the earlier ones that "
+                                    "stream.resurgence names).")
+    resurgence: ResurgenceSchedule = Field(default_factory=ResurgenceSchedule)
     keep_checkpoints: int | None = Field(
         None, ge=1, description="Checkpoints kept (one per applied batch, under <method>/checkpoints/; the last "
         "applied one always); null: all (the audit trail points at them).")

@@ -33,6 +33,7 @@ from orchestrator.stream.ledger import LEDGER_FILE, Ledger
 from orchestrator.stream.policy import Waiting, next_batch
 from orchestrator.stream.requests import (BadLine, ContentHasher, ItemIndex, UnlearningRequest, parse_line,
                                           read_lines, synthetic_requests)
+from orchestrator.stream.schedule import earlier_to_evaluate, last_measured
 from orchestrator.stream.worker import ApplyBatch, BatchResult, ServeModel, StreamEvaluation
 from orchestrator.worker.job import TrainJob
 from orchestrator.observe.progress import Progress
@@ -285,13 +286,16 @@ class MethodStream:
         applied = [r for r in ledger.requests("applied")]
         named = [r for r in ledger.requests() if r.state != "quarantined" and r.seq <= last]
         excluded = sorted({item for r in named for item in r.items})
+        applied_batches = [b for b in ledger.batches() if b["state"] == "applied"]
         number = ledger.start_batch([w.seq for w in batch], method, ledger.last_checkpoint())
         attack = attack_due(len(applied), len(batch), self.cfg.attack_every)
+        earlier = earlier_to_evaluate([r.seq for r in applied], last_measured(applied_batches), len(applied_batches),
+                                      self.cfg.resurgence, everything=attack)
         task = ApplyBatch(
             key=str(self.folder), batch=number, request_ids=[w.request_id for w in batch],
             job=self._job(method, [e for w in batch for e in self.examples[w.seq]], set(excluded)),
             current=[(w.seq, self.examples[w.seq]) for w in batch],
-            earlier=[(r.seq, self.examples[r.seq]) for r in applied], excluded_ids=excluded,
+            earlier=[(seq, self.examples[seq]) for seq in earlier], excluded_ids=excluded,
             baseline_utility=(ledger.get_meta("baseline") or {}).get("model_utility") or 0.0,
             checkpoint_dir=str(self.folder / CHECKPOINTS / f"batch-{number:05d}"), attack=attack,
             earlier_before={r.seq: (r.metrics or {}).get("before") for r in applied} if attack else {})

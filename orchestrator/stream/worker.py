@@ -5,7 +5,8 @@ two tasks of its own. `ServeModel` loads the model the stream continues from int
 the original model's utility, the guard's yardstick, when the ledger does not have it yet). `ApplyBatch` unlearns one
 batch of requests with the same worker code as `unlearn run` (`UnlearningWorker.build` over the resident model,
 `train`, `trained_model`), with the model before the batch as NPO's/UnDIAL's reference. Then rank
-0 evaluates (the batch's forget sets, every earlier applied one, utility: `orchestrator/evaluation/forget_sets.py`),
+0 evaluates (the batch's forget sets, the earlier ones `stream.resurgence` names (`orchestrator/stream/schedule.py`),
+utility: `orchestrator/evaluation/forget_sets.py`),
 the guard decides, and either rank 0 writes the new model as the batch's checkpoint or every rank restores the
 model from a CPU copy taken before the batch. At an attack point (`stream.attack_every`, `ApplyBatch.attack`), rank 0
 then attacks the applied model on every forget set so far (`orchestrator/stream/attacks.py`).
