@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import queue
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -20,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 from orchestrator.config import ExperimentConfig
 from orchestrator.errors import ConfigError
 from orchestrator.stream.config import StreamConfig, StreamMethod
-from orchestrator.observe.progress import Progress
+from orchestrator.observe.progress import Progress, progress_mode
+from orchestrator.stream.requests import ContentHasher
 
 if TYPE_CHECKING:
     from orchestrator.data.schema import UnlearningData
@@ -118,6 +121,15 @@ def single_writer(output: Path) -> Iterator[None]:
         handle.close()
 
 
+def concurrent_groups(methods: int, shape: Any, resources: dict[str, float]) -> int:
+    """How many methods run at once, each on its own worker group of `shape` (a `WorkerSettings`): as many as the
+    cluster's CPUs (and GPUs) hold, at least 1 (a small machine queues them)."""
+    fit = int(resources.get("CPU", 0) // max(1, shape.workers * shape.cpus_per_worker))
+    if shape.use_gpu:
+        fit = min(fit, int(resources.get("GPU", 0) // shape.workers))
+    return max(1, min(methods, fit))
+
+
 def _run_locked(config: ExperimentConfig, cfg: StreamConfig, stream_methods: list[StreamMethod], output: Path,
                 started: float, progress: Progress, data: "UnlearningData | None" = None) -> StreamResult:
     from orchestrator.models.loading import load_tokenizer
@@ -136,10 +148,35 @@ def _run_locked(config: ExperimentConfig, cfg: StreamConfig, stream_methods: lis
     prepared = prepare(config.model_copy(update={"eval": config.eval.model_copy(update={"attacks": None})}),
                        progress=progress, data=data, cpus_per_worker=shape.cpus_per_worker)
     tokenizer = load_tokenizer(prepared.tokenizer_dir)
-    with ResidentWorkers(shape.workers, shape.cpus_per_worker, shape.use_gpu, progress=progress,
-                         storage_root=output / "ray") as workers:
-        for method in stream_methods:
-            MethodStream(config, cfg, method, prepared, tokenizer, output / method.name, workers, progress).run()
+    import ray
+
+    groups = concurrent_groups(len(stream_methods), shape, ray.cluster_resources())
+    if groups > 1:
+        progress(f"{groups} methods at a time, each on its own worker group "
+                 f"({shape.workers} x {shape.cpus_per_worker} CPU(s){', GPU' if shape.use_gpu else ''})")
+    ContentHasher.of_folder(output)  # the stream folder's key, made once before the methods run side by side
+    mode = "lines" if groups > 1 and progress_mode() == "bars" else None  # one live table at a time
+    with contextlib.ExitStack() as stack:
+        pool: queue.Queue = queue.Queue()
+        for _ in range(groups):
+            pool.put(stack.enter_context(ResidentWorkers(shape.workers, shape.cpus_per_worker, shape.use_gpu,
+                                                         progress=progress, storage_root=output / "ray")))
+
+        def run_method(method: StreamMethod) -> None:
+            workers = pool.get()
+            try:
+                MethodStream(config, cfg, method, prepared, tokenizer, output / method.name, workers, progress,
+                             mode).run()
+            finally:
+                pool.put(workers)
+
+        if groups == 1:
+            for method in stream_methods:
+                run_method(method)
+        else:
+            with ThreadPoolExecutor(max_workers=groups, thread_name_prefix="stream-method") as executor:
+                for future in [executor.submit(run_method, m) for m in stream_methods]:
+                    future.result()  # the first method's error, after the others have ended
 
     from orchestrator.stream.report import write_stream_report
 

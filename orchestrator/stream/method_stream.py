@@ -69,7 +69,9 @@ class MethodStream:
     """One method's stream: its ledger, its model on the resident workers, and the loop between them."""
 
     def __init__(self, config: ExperimentConfig, cfg: StreamConfig, method: StreamMethod, prepared: Prepared,
-                 tokenizer, folder: Path, workers: ResidentWorkers, progress: Progress) -> None:
+                 tokenizer, folder: Path, workers: ResidentWorkers, progress: Progress, mode: str | None = None) -> None:
+        """`mode`: the progress mode (default: `progress_mode()`); streams that run side by side share no live
+        table."""
         self.config, self.cfg, self.prepared, self.tokenizer = config, cfg, prepared, tokenizer
         self.folder = folder
         self.workers = workers
@@ -79,7 +81,7 @@ class MethodStream:
         self.index = ItemIndex(prepared.data, self.hasher)
         self.examples: dict[int, list] = {}  # seq -> the request's examples (forget texts stay in memory only)
         self.board = StreamBoard(config.name, method.name)  # the live table, at a terminal
-        self.mode = progress_mode()
+        self.mode = mode or progress_mode()
 
     # --- the source -----------------------------------------------------------------------------------------
     def _source(self, stop: threading.Event) -> Iterator[tuple[int, UnlearningRequest | BadLine]]:

@@ -194,3 +194,18 @@ def test_a_stream_killed_twice_resumes_and_applies_every_request_exactly_once(tm
             assert [v is None for v in row_got] == [v is None for v in row_want]
             assert [v for v in row_got if v is not None] == pytest.approx(
                 [v for v in row_want if v is not None], abs=TOLERANCE)
+
+
+@pytest.mark.slow
+def test_a_file_sourced_stream_killed_at_five_random_moments_applies_every_request_once(tmp_path):
+    """benchmarks/stream_kills.py with 5 kills (the script itself does 20): a random delay after each start, so the
+    kills land in Ray's start, the serving, a request's training, its evaluation or its checkpoint."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stream_kills", ROOT / "benchmarks" / "stream_kills.py")
+    kills = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kills)
+    assert kills.main(["--kills", "5", "--requests", "4", "--seed", "1", "--workdir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "kills.json").read_text())
+    assert len(result["kills"]) == 5
+    assert result["every_request_applied"] and result["applied_once_in_order"] and result["metrics_equal"]
