@@ -188,3 +188,27 @@ def test_side_by_side_tiny_trains_both_sides_on_the_same_rows(tmp_path):
     printed = done.stdout.splitlines()
     assert any(line.startswith("theirs ") for line in printed) and any(line.startswith("ours ") for line in printed)
     assert "ours/theirs: tokens/s" in done.stdout
+
+
+def test_stream_stress_figures_read_drift_and_latency_of_the_model_standing_after_each_request(tmp_path):
+    stress = load_script("stream_stress")
+    requests = [{"seq": s, "service_s": 1.0 if s <= 2 else 1.5} for s in range(1, 5)]
+    summary = {
+        "requests": requests, "counts": {"applied": 3, "rolled_back": 1}, "baseline": {"model_utility": 0.5},
+        # request 3 was rolled back: the model after it is the one after request 2
+        "batches": [{"seqs": [1], "state": "applied", "timings": {"service": 1.0}},
+                    {"seqs": [2], "state": "applied", "timings": {"service": 1.0}},
+                    {"seqs": [3], "state": "rolled_back", "timings": {"service": 1.5}},
+                    {"seqs": [4], "state": "applied", "timings": {"service": 1.5}}],
+        "drift": [-0.01, -0.02, -0.05],
+        "matrix": {"rouge_l": [[0.5, 0.4, 0.6], [None, 0.3, None], [None, None, 0.2]]},
+        "resurgence_rouge_l": {"r1": 0.1, "r2": None, "r4": None},
+    }
+    f = stress.method_figures(summary, window=2)
+    assert f["p50_ratio_last_over_first"] == pytest.approx(1.5)
+    assert stress.drift_after(summary, 3) == -0.02 and stress.drift_after(summary, 4) == -0.05
+    assert f["forget_rouge_l_final_mean"] == pytest.approx(0.4) and f["final_column_measured"] == 2
+    assert f["resurgence_max"] == 0.1 and f["applied"] == 3
+    (tmp_path / "stream_summary.json").write_text(json.dumps({"methods": {"ga": summary}}))
+    assert stress.main([str(tmp_path), "--window", "2", "--json", str(tmp_path / "f.json")]) == 0
+    assert json.loads((tmp_path / "f.json").read_text())["ga"]["drift_after"] == {"4": -0.05}
