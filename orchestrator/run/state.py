@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import ConfigError, ExperimentConfig
+from orchestrator.files import write_text_atomically
 
 IDENTITY_FILE = "unlearn_run.json"
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's, in the run's folder
@@ -66,7 +67,7 @@ def claim(output: Path, run_name: str, config: ExperimentConfig, target: str | N
                               f"{', '.join(differences(recorded, identity))}); use another run_name or remove "
                               f"{folder}")
     folder.mkdir(parents=True, exist_ok=True)
-    recorded_path.write_text(json.dumps(identity, indent=2, sort_keys=True))
+    write_text_atomically(recorded_path, json.dumps(identity, indent=2, sort_keys=True))
     return (folder / SNAPSHOT_FILE).is_file() or resident_checkpoint(output, run_name).is_dir()
 
 

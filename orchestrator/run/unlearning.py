@@ -20,6 +20,7 @@ from orchestrator.attacks.recovery import attack_summary
 from orchestrator.evaluation import EvalReport
 from orchestrator.config import ExperimentConfig
 from orchestrator.errors import RunError, last_line
+from orchestrator.files import write_text_atomically
 from orchestrator.observe.metrics import record_evaluation
 from orchestrator.observe.training_metrics import TrainingMetricsCallback, tokens_per_step
 from orchestrator.run import state as run_state
@@ -176,7 +177,7 @@ def run_unlearning(
 
     record_evaluation(run_name, result.method, result.after)
     result.seconds = round(time.perf_counter() - started, 2)
-    (output / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+    write_text_atomically(output / "summary.json", json.dumps(result.to_dict(), indent=2))
     write_report(result, output)
     return result
 

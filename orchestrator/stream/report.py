@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+from orchestrator.files import write_text_atomically
 from orchestrator.stream.attacks import point_summary
 from orchestrator.stream.drift import drift_series, forget_matrix, percentile, resurgence
 from orchestrator.stream.ledger import LEDGER_FILE, Ledger
@@ -90,12 +91,12 @@ def write_stream_report(output: Path, method_names: Sequence[str], cfg=None) -> 
     table = [drift_row(name, s) for name, s in methods.items()]
     summary = {"methods": methods, "drift_table": table,
                "policy": cfg.policy.model_dump() if cfg is not None else None}
-    (output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    write_text_atomically(output / SUMMARY_FILE, json.dumps(summary, indent=2))
     from orchestrator.stream.plots import plot_drift, plot_resurgence
 
     plots = [plot_drift(methods, output / "drift.png")]
     plots += [plot_resurgence(name, s, output / f"resurgence_{name}.png") for name, s in methods.items()]
-    (output / REPORT_FILE).write_text(_markdown(table, methods, [p.name for p in plots if p is not None]))
+    write_text_atomically(output / REPORT_FILE, _markdown(table, methods, [p.name for p in plots if p is not None]))
     return summary
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from orchestrator.config import ExperimentConfig
+from orchestrator.files import write_text_atomically
 from orchestrator.sweep import analysis
 from orchestrator.sweep.space import method_defaults, same_params
 
@@ -139,9 +140,9 @@ def write_sweep_report(config: ExperimentConfig, folder: Path, trials: Sequence[
                 images.append((f"{m}: {names[0]} x {names[1]}", f"{PLOTS_DIR}/heatmap_{m}.png"))
     summary["plots"] = [path for _, path in images]
     summary_path = folder / SUMMARY_FILE
-    summary_path.write_text(json.dumps(summary, indent=2, default=str))
+    write_text_atomically(summary_path, json.dumps(summary, indent=2, default=str))
     report_path = folder / REPORT_FILE
-    report_path.write_text(markdown(summary, images))
+    write_text_atomically(report_path, markdown(summary, images))
     return summary, summary_path, report_path
 
 
