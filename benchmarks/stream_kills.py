@@ -20,7 +20,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from orchestrator.stream.ledger import read_only_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # the same seeds, batches and float32 weights from the checkpoint: equal up to float reordering
@@ -70,18 +73,6 @@ def environment(cache: Path) -> dict[str, str]:
     return env
 
 
-def ledger_rows(path: Path, query: str) -> list[tuple]:
-    if not path.exists():
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return db.execute(query).fetchall()
-    except sqlite3.OperationalError:  # not created yet
-        return []
-    finally:
-        db.close()
-
-
 def run_to_end(config: Path, out: Path, env: dict[str, str], log: Path) -> float:
     started = time.monotonic()
     with open(log, "w") as sink:
@@ -109,8 +100,8 @@ def kill_at_random(config: Path, out: Path, env: dict[str, str], kills: int, spa
         if process.returncode not in (0, -signal.SIGKILL):
             raise RuntimeError(f"start {i} failed (exit {process.returncode}): "
                                f"{(logs / f'kill-{i:02d}.log').read_text()[-3000:]}")
-        applied = ledger_rows(ledger, "SELECT COUNT(*) FROM batches WHERE state = 'applied'")
-        running = ledger_rows(ledger, "SELECT COUNT(*) FROM batches WHERE state = 'running'")
+        applied = read_only_rows(ledger, "SELECT COUNT(*) FROM batches WHERE state = 'applied'")
+        running = read_only_rows(ledger, "SELECT COUNT(*) FROM batches WHERE state = 'running'")
         met.append({"kill": i, "delay_s": round(delay, 2), "finished_first": process.returncode == 0,
                     "applied": applied[0][0] if applied else 0, "running": running[0][0] if running else 0})
     return met
@@ -139,10 +130,10 @@ def _largest_difference(got: list, want: list) -> float:
 def checks(out: Path, reference: Path, requests: int) -> dict[str, Any]:
     """Exactly once, in order, and the reference's metrics."""
     ledger = out / "ga" / "ledger.sqlite"
-    states = ledger_rows(ledger, "SELECT seq, state FROM requests ORDER BY seq")
-    batches = ledger_rows(ledger, "SELECT seqs, state FROM batches ORDER BY batch")
+    states = read_only_rows(ledger, "SELECT seq, state FROM requests ORDER BY seq")
+    batches = read_only_rows(ledger, "SELECT seqs, state FROM batches ORDER BY batch")
     applied_seqs = [s for seqs, state in batches if state == "applied" for s in json.loads(seqs)]
-    events = sorted(s for (s,) in ledger_rows(ledger, "SELECT seq FROM audit WHERE event = 'applied'"))
+    events = sorted(s for (s,) in read_only_rows(ledger, "SELECT seq FROM audit WHERE event = 'applied'"))
     got, want = final_metrics(out), final_metrics(reference)
     difference = max(_largest_difference(got[k], want[k]) for k in got)
     everyone = list(range(1, requests + 1))

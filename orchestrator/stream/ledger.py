@@ -62,6 +62,21 @@ class RequestRow:
     metrics: dict[str, Any] | None
 
 
+
+def read_only_rows(path: Path, query: str) -> list[tuple]:
+    """`query`'s rows from a ledger that another process may be writing (opened read-only); no rows while the
+    file or its tables do not exist yet. For watching a stream from outside (benchmarks, tests)."""
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute(query).fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    finally:
+        db.close()
+
+
 class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

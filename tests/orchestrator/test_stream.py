@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from orchestrator.stream.ledger import read_only_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-4
@@ -61,15 +62,7 @@ def _command(config: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _ledger_rows(path: Path, query: str) -> list[tuple]:
-    if not path.exists():
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return db.execute(query).fetchall()
-    except sqlite3.OperationalError:  # not created yet
-        return []
-    finally:
-        db.close()
+    return read_only_rows(path, query)
 
 
 @pytest.mark.slow
