@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -26,17 +27,17 @@ from orchestrator.stream.ledger import read_only_rows
 ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-4
 
-SMALL = {
-    "name": "stream-test",
-    "model": {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
-                       "vocab_size": 512},
-              "pretrain": None, "finetune": {"epochs": 15, "lr": 3e-3, "batch_size": 16}},
-    "data": {"synthetic": {"n_people": 20, "questions_per_person": 4}},
-    "train": {"epochs": 2, "lr": 2e-4, "batch_size": 4, "cpus_per_worker": 1},
-    "eval": {"max_per_split": 12, "max_new_tokens": 12},
-    "ray": {"num_cpus": 2},
-    "stream": {"methods": [{"name": "ga"}], "eval_max_per_split": 12},
-}
+
+def _load_kills():
+    """benchmarks/stream_kills.py: the random-kill driver, and the small stream these tests share with it."""
+    spec = importlib.util.spec_from_file_location("stream_kills", ROOT / "benchmarks" / "stream_kills.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+kills = _load_kills()
+SMALL = {**kills.CONFIG, "name": "stream-test", "stream": {"methods": [{"name": "ga"}], "eval_max_per_split": 12}}
 
 
 @pytest.fixture(scope="module")
@@ -193,11 +194,6 @@ def test_a_stream_killed_twice_resumes_and_applies_every_request_exactly_once(tm
 def test_a_file_sourced_stream_killed_at_five_random_moments_applies_every_request_once(tmp_path):
     """benchmarks/stream_kills.py with 5 kills (the script itself does 20): a random delay after each start, so the
     kills land in Ray's start, the serving, a request's training, its evaluation or its checkpoint."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("stream_kills", ROOT / "benchmarks" / "stream_kills.py")
-    kills = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kills)
     assert kills.main(["--kills", "5", "--requests", "4", "--seed", "1", "--workdir", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "kills.json").read_text())
     assert len(result["kills"]) == 5
