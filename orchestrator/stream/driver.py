@@ -64,22 +64,41 @@ def run_stream(config: ExperimentConfig, *, requests: str | None = None, follow:
                progress: Progress = print) -> StreamResult:
     started = time.perf_counter()
     cfg = stream_config(config, requests, follow)
-    if config.train.deepspeed:
-        raise ConfigError("unlearn stream keeps one model resident across requests and rebuilds its optimizer per "
-                          "request, which a DeepSpeed engine does not allow; remove train.deepspeed")
     if cfg.source == "file" and not Path(cfg.requests or "").is_file():
         raise ConfigError(f"stream.requests: no such file {cfg.requests!r}")
     stream_methods = cfg.methods or [StreamMethod(name=config.method.name, hparams=dict(config.method.hparams))]
-    from orchestrator.run.checks import check_method_fits_model
+    from orchestrator.run.checks import check_deepspeed, check_method_fits_model
 
     for method in stream_methods:
-        check_method_fits_model(config.with_overrides(**{"method.name": method.name,
-                                                         "method.hparams": dict(method.hparams)}))
+        method_config = config.with_overrides(**{"method.name": method.name, "method.hparams": dict(method.hparams)})
+        check_method_fits_model(method_config)
+        check_deepspeed(method_config)
+        check_sharded_stream(method_config)
     data = check_stream_attacks(config, cfg)
     output = stream_output_dir(config).resolve()
     output.mkdir(parents=True, exist_ok=True)
     with single_writer(output):
         return _run_locked(config, cfg, stream_methods, output, started, progress, data)
+
+
+def check_sharded_stream(config: ExperimentConfig) -> None:
+    """Refuse, in one line, what a stream under `train.deepspeed` cannot do: its engine is built once over the
+    resident model and kept, so no adapters can be laid over that model per request (`train.lora`, FILA), and a
+    method that keeps a whole frozen copy of the model before each request (ICU, RMU) would hold a second,
+    unsharded model where each request's reference values are computed at its start instead."""
+    if not config.train.deepspeed:
+        return
+    import methods
+
+    name, hparams = config.method.name, config.method.hparams
+    if config.train.lora is not None or methods.profile(name, hparams).adapters is not None:
+        raise ConfigError(f"unlearn stream under train.deepspeed keeps one engine over the model, and adapters "
+                          f"({'train.lora' if config.train.lora is not None else name}) would be laid over it per "
+                          "request: drop train.deepspeed (LoRA streams run on plain engines) or the adapters")
+    if methods.needs_reference(name, hparams) and methods.method_class(name).keeps_reference:
+        raise ConfigError(f"method {name!r} keeps a frozen copy of the model before each request, which a stream "
+                          "under train.deepspeed does not hold (only per-example reference values, computed at the "
+                          "request's start): drop train.deepspeed, or use another method")
 
 
 def check_stream_attacks(config: ExperimentConfig, cfg: StreamConfig) -> "UnlearningData | None":
@@ -92,7 +111,8 @@ def check_stream_attacks(config: ExperimentConfig, cfg: StreamConfig) -> "Unlear
 
     data = load_data(config.data)
     try:
-        check_attacks(with_default_attacks(config), data)
+        # Rank 0 attacks its whole copy of the model (under ZeRO-3 too): `unlearn run`'s ZeRO-3 refusal is not a stream's.
+        check_attacks(with_default_attacks(config.with_overrides(**{"train.deepspeed": None})), data)
     except ConfigError as err:
         raise ConfigError(f"stream.attack_every: {err}") from None
     return data

@@ -82,6 +82,11 @@ class MethodStream:
         self.examples: dict[int, list] = {}  # seq -> the request's examples (forget texts stay in memory only)
         self.board = StreamBoard(config.name, method.name)  # the live table, at a terminal
         self.mode = mode or progress_mode()
+        self.deepspeed_json = None  # train.deepspeed's contents, read here: the workers may not see the file
+        if config.train.deepspeed:
+            from orchestrator.worker.deepspeed_engine import load_deepspeed_json
+
+            self.deepspeed_json = load_deepspeed_json(config.train.deepspeed)
 
     # --- the source -----------------------------------------------------------------------------------------
     def _source(self, stop: threading.Event) -> Iterator[tuple[int, UnlearningRequest | BadLine]]:
@@ -324,7 +329,8 @@ class MethodStream:
         return TrainJob(target_dir=self.prepared.target_dir, method_name=method["name"],
                         method_hparams=dict(method["hparams"]), train=settings, rows=rows,
                         pad_token_id=self.tokenizer.pad_token_id, dtype=self.config.model.dtype, progress="off",
-                        early_stop_rows=early_stop_rows(self.tokenizer, settings, retain, template, max_length))
+                        early_stop_rows=early_stop_rows(self.tokenizer, settings, retain, template, max_length),
+                        deepspeed_json=self.deepspeed_json)
 
     def _record(self, ledger: Ledger, in_flight: dict[str, Any], result: BatchResult) -> None:
         assert result.batch == in_flight["batch"], (result.batch, in_flight["batch"])

@@ -11,8 +11,10 @@ the guard decides, and either rank 0 writes the new model as the batch's checkpo
 model from a CPU copy taken before the batch. At an attack point (`stream.attack_every`, `ApplyBatch.attack`), rank 0
 then attacks the applied model on every forget set so far (`orchestrator/stream/attacks.py`).
 
-Plain PyTorch engines only: a DeepSpeed engine cannot be rebuilt over a module another engine has already wrapped
-(ZeRO hooks), so `train.deepspeed` is refused by the driver.
+Under `train.deepspeed` the first request builds the DeepSpeed engine over the served model and the worker keeps it:
+each later request restarts it (`DeepSpeedStepEngine.restart`: no optimizer state, a new schedule) rather than
+laying ZeRO's partitions and hooks over the module again. Rank 0 sees the model whole to evaluate it and keeps the
+copy a rollback scatters back (`orchestrator/stream/weights.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,12 +33,16 @@ from orchestrator.data.schema import Example, UnlearningData
 from orchestrator.data.tokenize import PromptTemplate
 from orchestrator.run.feed import Forward, WorkerSlot
 from orchestrator.stream.attacks import AttackOutcome, attack_requests
+from orchestrator.stream.weights import RollbackCopy, whole_on_rank_zero
 from orchestrator.worker.checkpoint import written_in_place
 from orchestrator.worker.entry import prepare_worker_process
 from orchestrator.worker.job import TrainJob
 from orchestrator.worker.loop import UnlearningWorker
 from orchestrator.worker.ranks import from_rank_zero, worker_context
 from orchestrator.worker.reports import report
+
+if TYPE_CHECKING:
+    from orchestrator.worker.deepspeed_engine import DeepSpeedStepEngine
 
 STATE_FILE = "stream_state.json"
 
@@ -51,6 +57,8 @@ class ServedModel:
     tokenizer: Any
     device: torch.device
     evaluation: "StreamEvaluation"
+    engine: "DeepSpeedStepEngine | None" = None  # under train.deepspeed: built by the first request, then kept
+    engine_method: str | None = None  # the method (name, hparams) the engine's optimizer was built for
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,10 @@ class ServeModel:
 
         prepare_worker_process(self.threads)
         rank, _, device = worker_context(self.use_gpu)
-        slot.kept.clear()  # one stream at a time: the previous one's model goes
+        for previous in slot.kept.values():  # one stream at a time: the previous one's model goes
+            if previous.engine is not None:
+                previous.engine.close()
+        slot.kept.clear()
         model = load_causal_lm(self.base_dir, dtype=getattr(torch, self.dtype)).to(device)
         served = ServedModel(model, load_tokenizer(self.evaluation.tokenizer_dir), device, self.evaluation)
         slot.kept[self.key] = served
@@ -132,27 +143,39 @@ class ApplyBatch:
         from orchestrator.evaluation.forget_sets import forget_metrics, utility_data, utility_metrics
 
         served: ServedModel = slot.kept[self.key]
-        ev, tokenizer, model = served.evaluation, served.tokenizer, served.model
+        ev, tokenizer, job = served.evaluation, served.tokenizer, self.job
         settings = _settings(ev)
-        prepare_worker_process(self.job.train.threads)
-        rank, world_size, _ = worker_context(self.job.train.use_gpu)
+        prepare_worker_process(job.train.threads, bool(job.train.deepspeed))
+        rank, world_size, device = worker_context(job.train.use_gpu)
         t0 = time.perf_counter()
-        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        before = forget_metrics(model, tokenizer, self.current, ev.template, settings) if rank == 0 else {}
+        copy = RollbackCopy.take(served.model, served.engine, rank)
+        whole = whole_on_rank_zero(served.model, served.engine, copy, job.target_dir, job.dtype, device, rank)
+        before = forget_metrics(whole, tokenizer, self.current, ev.template, settings) if rank == 0 else {}
+        del whole
         t1 = time.perf_counter()
 
-        torch.manual_seed(self.job.train.seed)
+        torch.manual_seed(job.train.seed)
         # The model before the batch is NPO's/UnDIAL's reference: what they read of it is computed in `build`,
         # before the first step, so no second copy is held (a method that keeps its reference gets a copy there).
-        worker = UnlearningWorker(self.job, report_progress=False)  # one report per batch, below
+        worker = UnlearningWorker(job, report_progress=False)  # one report per batch, below
         error = None
+        model = served.model
+        method = json.dumps([job.method_name, job.method_hparams], sort_keys=True)
         try:
-            worker.build(model)
+            if served.engine is not None and served.engine_method != method:
+                raise RuntimeError(f"the stream's DeepSpeed engine was built for {served.engine_method}; a request "
+                                   f"cannot switch it to {method}")
+            worker.build(served.model, engine=served.engine)
+            if worker.ds_config is not None:
+                served.engine, served.engine_method = worker.engine, method  # kept: ZeRO's hooks are laid once
             t2 = time.perf_counter()
             worker.train()
-            model = worker.trained_model()  # LoRA / FILA adapters merged back
+            model = worker.trained_model()  # LoRA / FILA adapters merged back; whole on rank 0 under DeepSpeed
         except Exception as err:  # a method that cannot run on this request: roll back and go on
             error = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            model = getattr(worker, "model", served.model)
+            if served.engine is None and hasattr(model, "unload"):
+                model = model.unload()  # LoRA adapters laid before the error: taken off, the base weights restored
             t2 = time.perf_counter()
         t3 = time.perf_counter()
         losses = [h["loss"] for h in worker.history if "loss" in h]
@@ -184,16 +207,20 @@ class ApplyBatch:
         if state == "applied":
             if rank == 0:
                 checkpoint = self._write_checkpoint(model)
+        elif served.engine is None:
+            copy.restore(model, None, rank)
         else:
-            model.load_state_dict(snapshot)
-        served.model = model
+            copy.restore(served.model, served.engine, rank)
+        if served.engine is None:
+            served.model = model  # under DeepSpeed the served model is the engine's module, rank 0's copy goes
+        del copy
         report({"batch": self.batch, "applied": float(state == "applied"),
                 "model_utility": utility.get("model_utility") if utility else None, "run": self.key,
-                "method": self.job.method_name})
+                "method": job.method_name})
         t5 = time.perf_counter()
         if rank != 0:
             return None
-        attacked = self._attack(served, before, after) if state == "applied" and self.attack else None
+        attacked = self._attack(model, served, before, after) if state == "applied" and self.attack else None
         t6 = time.perf_counter()
         timings = {"before_eval": t1 - t0, "build": t2 - t1, "train": t3 - t2, "evaluate": t4 - t3,
                    "checkpoint": t5 - t4, **({"attacks": t6 - t5} if attacked is not None else {}),
@@ -203,14 +230,15 @@ class ApplyBatch:
                             "early_stop": worker.stopper.summary() if worker.stopper is not None else None},
                            {k: round(v, 4) for k, v in timings.items()}, attacked)
 
-    def _attack(self, served: ServedModel, before: dict[int, dict[str, float]],
+    def _attack(self, model: torch.nn.Module, served: ServedModel, before: dict[int, dict[str, float]],
                 after: dict[int, dict[str, float]]) -> AttackOutcome | None:
-        """Rank 0, after the checkpoint is written: the recovery attacks on the applied model, over this batch's
-        and every earlier request's forget set (before: each request's metrics before its own batch)."""
+        """Rank 0, after the checkpoint is written: the recovery attacks on the applied model (whole: under
+        DeepSpeed, rank 0's gathered copy), over this batch's and every earlier request's forget set (before: each
+        request's metrics before its own batch)."""
         ev = served.evaluation
         if ev.attacks is None:
             return None
-        return attack_requests(served.model, served.tokenizer, ev.data, ev.template, _settings(ev), ev.attacks,
+        return attack_requests(model, served.tokenizer, ev.data, ev.template, _settings(ev), ev.attacks,
                                self.current + self.earlier, {**self.earlier_before, **before}, after,
                                set(self.excluded_ids))
 

@@ -182,6 +182,32 @@ class DeepSpeedStepEngine:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
         )
 
+    def restart(self, lr: float,
+                scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None) -> None:
+        """Start a new run over the weights as they stand (a stream's next request), as a new engine would: no
+        optimizer state, the learning rate `lr`, a new schedule. The engine is kept rather than rebuilt, so ZeRO-3's
+        partitions and hooks are laid over the module once.
+
+        ZeRO hands its torch optimizer flat fp32 partitions and lets it create its state at the first step (AdamW's
+        and SophiaG's moments and step count), so emptying that state is what a fresh engine starts from."""
+        inner = self.optimizer.optimizer  # the torch optimizer ZeRO wraps (a schedule needs a torch optimizer)
+        inner.state.clear()
+        for group in inner.param_groups:
+            group["lr"] = group["initial_lr"] = lr
+        self.scheduler = scheduler(inner) if scheduler is not None else None
+        self.engine.lr_scheduler = self.scheduler
+
+    def refresh_master_weights(self) -> None:
+        """Copy the module's (partitioned) weights into the optimizer's fp32 master partitions, after they were
+        written from outside the optimizer (a rolled-back request); otherwise the next step would write the old
+        master weights back."""
+        self.optimizer.refresh_fp32_params()
+
+    def close(self) -> None:
+        """Take ZeRO's hooks off the module and free the engine's buffers (a worker process that builds another
+        engine next: a resident group's next run)."""
+        self.engine.destroy()
+
     @property
     def model(self) -> torch.nn.Module:
         return self.engine

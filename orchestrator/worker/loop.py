@@ -22,7 +22,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -39,6 +39,9 @@ from orchestrator.worker.reference_values import settle_reference
 from orchestrator.worker.ranks import across_workers, gather, worker_context
 from orchestrator.worker.throughput import Throughput
 from orchestrator.worker.reports import report
+
+if TYPE_CHECKING:
+    from orchestrator.worker.deepspeed_engine import DeepSpeedStepEngine
 
 HEARTBEAT_S = 60.0  # lines mode: one line per epoch, and within a long epoch at most one a minute
 
@@ -79,11 +82,15 @@ class UnlearningWorker:
         self.build(load_causal_lm(self.job.target_dir, dtype=getattr(torch, self.job.dtype)).to(self.device))
         self.resume()
 
-    def build(self, model: torch.nn.Module) -> None:
+    def build(self, model: torch.nn.Module, engine: "DeepSpeedStepEngine | None" = None) -> None:
         """Method, batches, reference values, adapters, optimizer and step engine over `model`, already loaded and
         on the device. `model` is the reference as it stands: what the method reads of it is computed before any
-        step (`orchestrator/worker/reference_values.py`), so no second copy is held unless the method keeps one."""
-        self.ds_config = self._deepspeed_config(model)
+        step (`orchestrator/worker/reference_values.py`), so no second copy is held unless the method keeps one.
+
+        `engine`: the DeepSpeed engine an earlier run left over this same `model` (a stream's resident model, whose
+        parameters ZeRO-3 has partitioned): restarted (`DeepSpeedStepEngine.restart`) instead of built again, with
+        the optimizer it was built with (the stream's method is the same for every request)."""
+        self.ds_config = engine.config if engine is not None else self._deepspeed_config(model)
         needs_reference = methods.needs_reference(self.job.method_name, self.job.method_hparams)
         self.method: UnlearningMethod = methods.build(self.job.method_name, reference=model if needs_reference
                                                       else None, **self.job.method_hparams)
@@ -97,13 +104,23 @@ class UnlearningWorker:
                                                 self.rank, self.ds_config)
         model.requires_grad_(True)  # it was frozen as the reference; the method restricts what trains, below
         set_gradient_checkpointing(model, self.cfg.gradient_checkpointing)  # the bare model, before any wrapper
+        total_steps = self.batches.steps_per_epoch() * self.cfg.epochs
+        if engine is not None:
+            if self.method.profile.adapters is not None or self.cfg.lora:
+                raise RuntimeError("adapters cannot be laid over a model an engine already holds")
+            model.train()
+            self.method.restrict_trainable(model)  # the same parameters as when the engine was built
+            engine.restart(self.cfg.lr, lambda opt: linear_schedule(opt, total_steps, self.cfg.warmup_ratio))
+            self.engine = engine
+            self.model = engine.module
+            self._build_stopper()
+            return
         model = self._adapters(model, parts)
         model.train()
         self.method.restrict_trainable(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = self.method.make_optimizer(trainable, self.cfg.lr, self.cfg.weight_decay) or torch.optim.AdamW(
             trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        total_steps = self.batches.steps_per_epoch() * self.cfg.epochs
         if self.ds_config is None:
             self.engine = TorchStepEngine(model, optimizer,
                                           linear_schedule(optimizer, total_steps, self.cfg.warmup_ratio),
@@ -117,6 +134,9 @@ class UnlearningWorker:
             if self.method.reference is not None and self.engine.stage == 3 and self.world_size > 1:
                 collective_reference_cache(self.method.reference_cache)  # a kept, sharded reference
         self.model = self.engine.module  # the trained model (peft-wrapped when adapters are trained)
+        self._build_stopper()
+
+    def _build_stopper(self) -> None:
         if self.cfg.early_stop:
             self.stopper = PerplexityStop.from_config(self.cfg.early_stop, self.job.early_stop_rows,
                                                       self.job.pad_token_id, self.cfg.batch_size)
