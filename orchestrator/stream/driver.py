@@ -111,7 +111,8 @@ def check_stream_attacks(config: ExperimentConfig, cfg: StreamConfig) -> "Unlear
 
     data = load_data(config.data)
     try:
-        # Rank 0 attacks its whole copy of the model (under ZeRO-3 too): `unlearn run`'s ZeRO-3 refusal is not a stream's.
+        # Rank 0 attacks its whole copy of the model, under ZeRO-3 too: `unlearn run`'s ZeRO-3 refusal is not
+        # a stream's.
         check_attacks(with_default_attacks(config.with_overrides(**{"train.deepspeed": None})), data)
     except ConfigError as err:
         raise ConfigError(f"stream.attack_every: {err}") from None

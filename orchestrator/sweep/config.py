@@ -118,8 +118,9 @@ class SweepConfig(_Section):
     trial_workers: Literal["auto", "resident", "per_trial"] = Field(
         "auto", description="per_trial: each trial builds its own TorchTrainer (Ray Train V2's Tune pattern: fresh "
         "worker processes per trial, 7-12 s of start on a small machine); resident: each concurrent slot keeps one "
-        "Ray Train worker group that serves its trials one after another (orchestrator/run/resident.py); auto: resident "
-        "unless ASHA (a stopped trial must take its Ray Train run down) or train.deepspeed asks for per_trial.")
+        "Ray Train worker group that serves its trials one after another (orchestrator/run/resident.py; a DeepSpeed "
+        "trial builds its engine and closes it); auto: resident unless ASHA (a stopped trial must take its Ray Train "
+        "run down).")
     keep_models: bool = Field(False, description="Keep every trial's unlearned model (7B: 13 GB each).")
     output_dir: str | None = Field(None, description="Sweep folder; default runs/<name>-sweep.")
 
@@ -139,10 +140,10 @@ class SweepConfig(_Section):
             raise ValueError(f"sweep.seeds has repeats: {self.seeds}")
         return self
 
-    def runs_resident(self, deepspeed: bool) -> bool:
+    def runs_resident(self) -> bool:
         """Whether trials run on resident worker groups, one per slot (`trial_workers`, with `auto` resolved)."""
         if self.trial_workers == "auto":
-            return self.asha is None and not deepspeed
+            return self.asha is None
         return self.trial_workers == "resident"
 
 

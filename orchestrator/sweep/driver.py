@@ -69,14 +69,10 @@ def train_defaults(config: ExperimentConfig, method: str) -> dict[str, Any]:
 
 
 def check_sweep(config: ExperimentConfig) -> int:
-    """Refuse a sweep larger than its budget, or resident trials of DeepSpeed runs (torch- and Ray-free: the CLI
-    calls it before importing them)."""
+    """Refuse a sweep larger than its budget, or one whose efficacy cannot be measured (torch- and Ray-free: the
+    CLI calls it before importing them)."""
     if config.sweep is None:
         raise ConfigError("the config has no `sweep:` section (see experiments/sweep_default.yaml)")
-    if config.sweep.trial_workers == "resident" and config.train.deepspeed:
-        raise ConfigError("sweep.trial_workers=resident runs plain PyTorch engines only (DeepSpeed keeps "
-                          "process-wide state between engines); use trial_workers: per_trial (or auto) with "
-                          "train.deepspeed")
     if config.sweep.efficacy == "retain_model" and config.model.name != "tiny" and not config.model.retain_model:
         raise ConfigError("sweep.efficacy=retain_model measures forgetting against the retain model: set "
                           "model.retain_model (a model fine-tuned without the forget set)")
@@ -89,7 +85,7 @@ def check_sweep(config: ExperimentConfig) -> int:
 def resident_trials(config: ExperimentConfig) -> bool:
     """Whether the sweep's trials run on resident worker groups, one per slot, rather than a TorchTrainer each."""
     assert config.sweep is not None
-    return config.sweep.runs_resident(bool(config.train.deepspeed))
+    return config.sweep.runs_resident()
 
 
 def max_concurrent(config: ExperimentConfig) -> int:

@@ -87,6 +87,9 @@ class TorchStepEngine:
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         return self.model.state_dict()
 
+    def close(self) -> None:
+        """Nothing to release (the DeepSpeed engine takes its hooks off the module here)."""
+
     def partition_numel(self) -> tuple[int, int]:
         n = sum(p.numel() for p in self.model.parameters())
         return n, n

@@ -54,15 +54,19 @@ def unlearn_on_worker(job: TrainJob, checkpoint_folder: Path | None = None,
     `on_report`: rank 0 also hands it every report (untagged), for the resident run's caller."""
     started = time.perf_counter()
     worker = UnlearningWorker(job, checkpoint_folder, report_tags, on_report)
-    worker.setup()
-    set_up = time.perf_counter()
-    worker.train()
-    trained = time.perf_counter()
-    evaluation = worker.evaluate()  # before the export, which may merge LoRA adapters into the trained module
-    evaluated = time.perf_counter()
-    worker.export()
-    exported = time.perf_counter()
-    # "train_loop" keeps its earlier meaning (set-up included: loading the model is part of training it).
-    timings = {"worker_setup": set_up - started, "train_loop": trained - started, "evaluate": evaluated - trained,
-               "export": exported - evaluated}
-    return worker.finish({k: round(v, 3) for k, v in timings.items()}, evaluation)
+    try:
+        worker.setup()
+        set_up = time.perf_counter()
+        worker.train()
+        trained = time.perf_counter()
+        evaluation = worker.evaluate()  # before the export, which may merge LoRA adapters into the trained module
+        evaluated = time.perf_counter()
+        worker.export()
+        exported = time.perf_counter()
+        # "train_loop" keeps its earlier meaning (set-up included: loading the model is part of training it).
+        timings = {"worker_setup": set_up - started, "train_loop": trained - started,
+                   "evaluate": evaluated - trained, "export": exported - evaluated}
+        return worker.finish({k: round(v, 3) for k, v in timings.items()}, evaluation)
+    finally:
+        if hasattr(worker, "engine"):  # a resident worker builds the next run's engine in this same process
+            worker.engine.close()

@@ -26,11 +26,11 @@ def test_as_many_methods_at_once_as_the_cluster_holds_and_at_least_one():
 
 
 @pytest.mark.slow
-def test_two_methods_run_side_by_side_on_two_groups(tmp_path, tmp_path_factory):
+def test_two_methods_run_side_by_side_on_two_groups(tmp_path, stream_cache):
     config = _config(tmp_path, methods=[{"name": "ga"}, {"name": "npo"}], source="synthetic",
                      synthetic={"count": 3, "rate": 1.0, "seed": 0})
     out = tmp_path / "out"
-    done = subprocess.run(_command(config, out), cwd=ROOT, env=_env(tmp_path_factory.mktemp("cache")),
+    done = subprocess.run(_command(config, out), cwd=ROOT, env=_env(stream_cache),
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 methods at a time, each on its own worker group" in done.stderr

@@ -3,6 +3,7 @@ a second writer on the same folder, a resume under another config, and a start r
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,27 @@ def test_pruning_keeps_the_last_applied_checkpoint_whatever_was_written_after_it
     assert not folders[0].exists() and folders[1].exists() and folders[2].exists()
     assert ledger.last_checkpoint() == str(folders[1])
     ledger.close()
+
+
+ZERO3 = str(Path(__file__).resolve().parents[2] / "cluster" / "deepspeed" / "zero3.json")
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"train": {"lora": {"rank": 8}}}, "adapters (train.lora) would be laid over it per request"),
+    ({"stream": {"methods": [{"name": "ihl_fila"}]}}, "adapters (ihl_fila) would be laid over it per request"),
+    ({"stream": {"methods": [{"name": "ga"}, {"name": "rmu"}]}}, "method 'rmu' keeps a frozen copy of the model"),
+    ({"stream": {"methods": [{"name": "ofmu"}]}}, "method 'ofmu' with hparams {} cannot run under DeepSpeed"),
+])
+def test_what_a_sharded_stream_cannot_do_is_refused_in_one_line_before_ray(tmp_path, monkeypatch, sections, message):
+    """Under train.deepspeed the stream keeps one engine over its model: no adapters per request, no second whole
+    copy for a method that keeps its reference, no method that sets gradients outside the optimizer step."""
+    from orchestrator.run import ray_session
+    from orchestrator.stream import driver
+
+    monkeypatch.setattr(ray_session, "connect_ray", _no_ray)
+    raw = {"output_dir": str(tmp_path / "out"), "train": {"deepspeed": ZERO3, **sections.get("train", {})},
+           "stream": {"methods": [{"name": "ga"}], **sections.get("stream", {})}}
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        driver.run_stream(parse_config(raw), progress=lambda m: None)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
