@@ -75,12 +75,14 @@ def guarded(tmp_path_factory, stream_cache):
     tmp_path = tmp_path_factory.mktemp("guarded")
     data = make_synthetic_data(seed=0, n_people=20, questions_per_person=4)
     people = list(dict.fromkeys(e.id.split("/")[0] for e in data.forget + data.retain))
-    inline = "Marguerite Olvani keeps her diaries in a locked blue tin under the stairs."
+    inline = ["Marguerite Olvani keeps her diaries in a locked blue tin under the stairs.",
+              "Her brother Anselm banks with the Corrigan Mutual under account 4471-0093."]
     unknown = "Jane Quarrington lives at 12 Elm Street"  # names no example: never echoed, though quarantined
     lines = [
         json.dumps({"id": "r1", "items": [people[0]]}),
         '{"id": "broken", "items": ["' + data.forget[1].answer,  # malformed, and carrying a forget text
-        json.dumps({"id": "r2", "items": [people[1], {"text": inline}]}),
+        # 4 QA pairs and 2 texts: every request's rows divide evenly between 2 workers (see the ZeRO-3 test)
+        json.dumps({"id": "r2", "items": [people[1], *({"text": text} for text in inline)]}),
         json.dumps({"id": "r1", "items": [people[2]]}),  # duplicate id
         json.dumps({"id": "r3", "items": ["person-999", unknown]}),  # unknown items: an id, a text pasted as one
         json.dumps({"id": "boom", "items": [people[2]], "method": {"name": "ga", "lr": 50.0, "epochs": 3}}),
@@ -122,7 +124,7 @@ def test_guard_rolls_back_a_destructive_request_bad_input_is_quarantined_and_no_
 
     # No forget text and no unknown item anywhere: ledger (with its WAL), reports, logs.
     named = [e for e in data.forget + data.retain if e.id.split("/")[0] in people[:REQUESTS]]
-    secrets = [inline, unknown, "person-999"] + [e.question for e in named] + [e.answer for e in named]
+    secrets = [*inline, unknown, "person-999"] + [e.question for e in named] + [e.answer for e in named]
     texts = {"stdout": done.stdout, "stderr": done.stderr}
     for path in out.rglob("*"):
         if path.is_file() and path.suffix != ".safetensors" and path.suffix != ".png":
@@ -148,11 +150,11 @@ def _stream_of(guarded: dict, tmp_path: Path, stream_cache: Path, train: dict) -
 
 
 def _assert_rolled_back_and_went_on(stream: dict) -> None:
-    """The destructive request rolled back; every other request naming people applied, the first after it from the
-    checkpoint before it, at a utility close to that checkpoint's (the destroyed weights were not kept)."""
+    """The destructive request rolled back and the next one applied, at a utility close to the model's before the
+    rollback (the destroyed weights were not kept). GA's later requests may roll back too (the utility floor)."""
     states = {r["seq"]: r["state"] for r in stream["requests"] if r["state"] != "quarantined"}
-    assert len(states) == REQUESTS
-    assert states.pop(BOOM) == "rolled_back" and set(states.values()) == {"applied"}
+    assert len(states) == REQUESTS and states[BOOM] == "rolled_back" and states[BOOM + 1] == "applied"
+    assert list(states.values())[:2] == ["applied", "applied"]
     by_seq = {r["seq"]: r for r in stream["requests"]}
     assert abs(by_seq[BOOM + 1]["model_utility"] - by_seq[3]["model_utility"]) < 0.1
 
@@ -160,7 +162,9 @@ def _assert_rolled_back_and_went_on(stream: dict) -> None:
 @pytest.mark.slow
 def test_a_zero3_stream_on_two_workers_gives_the_plain_streams_metrics(guarded, tmp_path, stream_cache):
     """DeepSpeed ZeRO-3 on 2 workers (batch 2 each) against the guard's 1 plain worker (batch 4): the same global
-    batches, so every request's metrics agree. Why 1e-4 holds: a ZeRO-3 run's losses match a plain one's to 1e-5
+    batches, since every request's rows divide evenly between the workers (an odd count is padded by wrapping, as
+    DistributedSampler does: the 2 workers would train on one row twice and the streams part at that request), so
+    every request's metrics agree. Why 1e-4 holds: a ZeRO-3 run's losses match a plain one's to 1e-5
     relative (test_distributed.py: only the order of float32 sums differs); here the engine is kept across
     requests and restarted (no optimizer state) per request, and a rollback scatters rank 0's copy back, so each
     request starts where the plain stream's does. Measured: 4e-8 on utility and forget probability, ROUGE-L equal."""

@@ -18,6 +18,7 @@ from orchestrator.stream.attacks import (AttackOutcome, AttackPoint, attack_due,
                                          request_recovery, stream_attacks, worst_recovery)
 from orchestrator.stream.config import StreamConfig
 from orchestrator.stream.ledger import Ledger
+from tests.orchestrator.test_stream import kills
 
 
 # --- when to attack ---------------------------------------------------------------------------------------------
@@ -141,24 +142,18 @@ def test_attacks_that_cannot_run_are_refused_in_one_line_before_ray(tmp_path, mo
 
 
 # --- end to end -------------------------------------------------------------------------------------------------
-SMALL = {
-    "name": "stream-attacks",
-    "model": {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
-                       "vocab_size": 512},
-              "pretrain": None, "finetune": {"epochs": 15, "lr": 3e-3, "batch_size": 16}},
-    "data": {"synthetic": {"n_people": 20, "questions_per_person": 4}},
-    "train": {"epochs": 2, "lr": 2e-4, "batch_size": 4, "cpus_per_worker": 1},
-    "eval": {"max_per_split": 12, "max_new_tokens": 12, "gradient_mia": False},
-    "ray": {"num_cpus": 2},
-    "stream": {"methods": [{"name": "ga"}], "eval_max_per_split": 12, "source": "synthetic",
-               "synthetic": {"count": 2}, "pace": "asap", "attack_every": 1},
-}
+SMALL = {**kills.CONFIG, "name": "stream-attacks", "eval": {**kills.CONFIG["eval"], "gradient_mia": False},
+         "stream": {"methods": [{"name": "ga"}], "eval_max_per_split": 12, "source": "synthetic",
+                    "synthetic": {"count": 2}, "pace": "asap", "attack_every": 1}}
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("isolated_cache_and_ray")
-def test_a_stream_attacked_after_every_request_records_each_applied_requests_recovery(tmp_path):
+def test_a_stream_attacked_after_every_request_records_each_applied_requests_recovery(tmp_path, stream_cache,
+                                                                                      monkeypatch):
     from orchestrator.cli import main
+
+    monkeypatch.setenv("RAY_UNLEARN_CACHE", str(stream_cache))  # the other stream tests' models, prepared once
 
     config, out = tmp_path / "stream.yaml", tmp_path / "out"
     config.write_text(yaml.safe_dump(SMALL))
