@@ -212,3 +212,23 @@ def test_stream_stress_figures_read_drift_and_latency_of_the_model_standing_afte
     (tmp_path / "stream_summary.json").write_text(json.dumps({"methods": {"ga": summary}}))
     assert stress.main([str(tmp_path), "--window", "2", "--json", str(tmp_path / "f.json")]) == 0
     assert json.loads((tmp_path / "f.json").read_text())["ga"]["drift_after"] == {"4": -0.05}
+
+
+def test_stream_sharded_compares_requests_measured_alike_and_makes_the_fifth_destructive(tmp_path):
+    sharded = load_script("stream_sharded")
+    requests = tmp_path / "requests.jsonl"
+    sharded.write_requests(requests, "npo", 6)
+    lines = [json.loads(line) for line in requests.read_text().splitlines()]
+    assert [line["id"] for line in lines] == [f"r{i}" for i in range(1, 7)]
+    assert [i for i, line in enumerate(lines, 1) if "method" in line] == [sharded.BOOM]
+    assert lines[sharded.BOOM - 1]["method"] == {"name": "npo", "lr": 50.0, "epochs": 3}
+
+    def request(state, utility, probability=0.5, rouge=0.5):
+        metrics = {"probability": probability, "rouge_l": rouge}
+        return {"state": state, "model_utility": utility, "forget_before": metrics, "forget_after": metrics}
+
+    plain = [request("applied", 0.48), request("rolled_back", None), request("applied", 0.47)]
+    sharded_run = [request("applied", 0.48 + 1e-7), request("rolled_back", 0.0), request("applied", 0.47, rouge=0.6)]
+    assert sharded.largest_difference(sharded_run, plain) == pytest.approx(0.1)
+    assert sharded.largest_difference(sharded_run[:2], plain[:2]) == pytest.approx(1e-7)
+    assert sharded.largest_difference([request("applied", 0.4)], [request("rolled_back", None)]) is None
