@@ -160,6 +160,18 @@ class TrainConfig(_Section):
     max_failures: int = Field(0, ge=0, description="Worker failures to survive by resuming from a checkpoint.")
     log_every: int = Field(10, gt=0, description="Report metrics every N steps (and at the end of each epoch).")
 
+    @property
+    def sharded_checkpoints(self) -> bool:
+        """Resumable checkpoints of a DeepSpeed engine: every rank's shard, which only a TorchTrainer of the run's
+        own reports (resident workers keep a run's checkpoint as rank 0's files)."""
+        return sharded_checkpoints(self.deepspeed, self.checkpoint_every_epochs, self.max_failures)
+
+
+def sharded_checkpoints(deepspeed: str | None, checkpoint_every_epochs: int | None, max_failures: int) -> bool:
+    """Whether train settings ask for resumable checkpoints of a DeepSpeed engine (`TrainConfig.sharded_checkpoints`;
+    also read from a worker's `WorkerSettings`)."""
+    return bool(deepspeed) and bool(checkpoint_every_epochs or max_failures)
+
 
 class EvalConfig(_Section):
     max_per_split: int = Field(200, gt=0, description="Examples evaluated per split (deterministic subsample).")

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestrator.config import sharded_checkpoints
 from orchestrator.errors import ConfigError, RunError, last_line
 from orchestrator.run.feed import (Forward, Idle, ResultMessage, Stop, Task, TaskDone, TaskFailed, TaskReport,
                                    WorkerSlot, WorkerTask, next_message)
@@ -170,7 +171,13 @@ class ResidentWorkers:
 
     # --- calls --------------------------------------------------------------------------------------------
     def check_fits(self, train: WorkerSettings) -> None:
-        """Refuse a run whose train settings need another worker group than this one."""
+        """Refuse a run whose train settings need another worker group than this one, or checkpoints of a DeepSpeed
+        run (a resident run's checkpoint is rank 0's files; a DeepSpeed run's state is sharded across its ranks)."""
+        if sharded_checkpoints(train.deepspeed, train.checkpoint_every_epochs, train.max_failures):
+            raise ConfigError("resident workers keep a run's checkpoint as rank 0's files, and a DeepSpeed run's "
+                              "state is sharded across its workers: drop train.checkpoint_every_epochs and "
+                              "train.max_failures, or give the run a TorchTrainer of its own (no `workers=`; "
+                              "sweep.trial_workers: per_trial)")
         asked = {"train.workers": (train.workers, self.workers), "train.use_gpu": (train.use_gpu, self.use_gpu)}
         if self.cpus_per_worker is not None:
             asked["train.cpus_per_worker"] = (train.cpus_per_worker, self.cpus_per_worker)

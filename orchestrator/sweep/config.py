@@ -120,7 +120,8 @@ class SweepConfig(_Section):
         "worker processes per trial, 7-12 s of start on a small machine); resident: each concurrent slot keeps one "
         "Ray Train worker group that serves its trials one after another (orchestrator/run/resident.py; a DeepSpeed "
         "trial builds its engine and closes it); auto: resident unless ASHA (a stopped trial must take its Ray Train "
-        "run down).")
+        "run down) or checkpoints of DeepSpeed trials (train.checkpoint_every_epochs, max_failures) ask for "
+        "per_trial.")
     keep_models: bool = Field(False, description="Keep every trial's unlearned model (7B: 13 GB each).")
     output_dir: str | None = Field(None, description="Sweep folder; default runs/<name>-sweep.")
 
@@ -140,10 +141,12 @@ class SweepConfig(_Section):
             raise ValueError(f"sweep.seeds has repeats: {self.seeds}")
         return self
 
-    def runs_resident(self) -> bool:
-        """Whether trials run on resident worker groups, one per slot (`trial_workers`, with `auto` resolved)."""
+    def runs_resident(self, sharded_checkpoints: bool = False) -> bool:
+        """Whether trials run on resident worker groups, one per slot (`trial_workers`, with `auto` resolved).
+        `sharded_checkpoints`: the trials checkpoint a DeepSpeed engine, which only a TorchTrainer of their own
+        does (`orchestrator/run/resident.py`)."""
         if self.trial_workers == "auto":
-            return self.asha is None
+            return self.asha is None and not sharded_checkpoints
         return self.trial_workers == "resident"
 
 

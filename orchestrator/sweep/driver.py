@@ -73,6 +73,10 @@ def check_sweep(config: ExperimentConfig) -> int:
     CLI calls it before importing them)."""
     if config.sweep is None:
         raise ConfigError("the config has no `sweep:` section (see experiments/sweep_default.yaml)")
+    if config.sweep.trial_workers == "resident" and config.train.sharded_checkpoints:
+        raise ConfigError("sweep.trial_workers=resident keeps a trial's checkpoint as rank 0's files, and a "
+                          "DeepSpeed trial's state is sharded across its workers: drop train.checkpoint_every_epochs "
+                          "and train.max_failures, or use trial_workers: per_trial (or auto)")
     if config.sweep.efficacy == "retain_model" and config.model.name != "tiny" and not config.model.retain_model:
         raise ConfigError("sweep.efficacy=retain_model measures forgetting against the retain model: set "
                           "model.retain_model (a model fine-tuned without the forget set)")
@@ -85,7 +89,7 @@ def check_sweep(config: ExperimentConfig) -> int:
 def resident_trials(config: ExperimentConfig) -> bool:
     """Whether the sweep's trials run on resident worker groups, one per slot, rather than a TorchTrainer each."""
     assert config.sweep is not None
-    return config.sweep.runs_resident()
+    return config.sweep.runs_resident(config.train.sharded_checkpoints)
 
 
 def max_concurrent(config: ExperimentConfig) -> int:

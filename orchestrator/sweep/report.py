@@ -83,7 +83,7 @@ def build_summary(config: ExperimentConfig, trials: Sequence[dict[str, Any]], de
     train_eval = sum((t["timings"].get("train_loop") or 0) + (t["timings"].get("evaluate") or 0) for t in done)
     wall_total = sum(s["wall_seconds"] for s in sessions)
     ideal = train_eval / slots if slots else None
-    resident = sweep.runs_resident()
+    resident = sweep.runs_resident(config.train.sharded_checkpoints)
     groups = {(t.get("slot"), t.get("slot_group_starts")) for t in done if t.get("slot")}
     timing = {"trial_workers": "resident" if resident else "per_trial",
               # resident: the Ray Train worker groups that served the trials (a TorchTrainer per trial: one each)

@@ -159,14 +159,8 @@ def _forget_rows():
     return UnlearningRows(forget=rows)
 
 
-def _fit(target: str, output: Path, workers: int, deepspeed: str | None, kill: dict | None = None,
-         **train) -> dict:
-    """One unlearning run (GA) through run.py's `_fit`: returns the train summary (as a dict); the model lands in
-    output/model. `kill`: `tests/faults.py`'s `killing_train_loop` arguments (step, rank, marker)."""
-    from dataclasses import asdict
-
-    from orchestrator.run import state as run_state
-    from orchestrator.run import unlearning
+def _job(target: str, workers: int, deepspeed: str | None, **train):
+    """The run's config and its workers' `TrainJob`: GA on the forget rows, 3 epochs, a checkpoint every epoch."""
     from orchestrator.worker.job import TrainJob, WorkerSettings
 
     train_section = {"workers": workers, "deepspeed": deepspeed, "batch_size": GLOBAL_BATCH // workers, "lr": 3e-4,
@@ -175,6 +169,19 @@ def _fit(target: str, output: Path, workers: int, deepspeed: str | None, kill: d
     job = TrainJob(target_dir=target, method_name="ga", method_hparams={},
                    train=WorkerSettings(**{**config.resolved_train(), "threads": 1}), rows=_forget_rows(),
                    pad_token_id=0)
+    return config, job
+
+
+def _fit(target: str, output: Path, workers: int, deepspeed: str | None, kill: dict | None = None,
+         **train) -> dict:
+    """One unlearning run (GA) through run.py's `_fit`: returns the train summary (as a dict); the model lands in
+    output/model. `kill`: `tests/faults.py`'s `killing_train_loop` arguments (step, rank, marker)."""
+    from dataclasses import asdict
+
+    from orchestrator.run import state as run_state
+    from orchestrator.run import unlearning
+
+    config, job = _job(target, workers, deepspeed, **train)
     run_name = run_state.default_run_name(config)
     with pytest.MonkeyPatch.context() as patch:
         if kill is not None:
@@ -256,6 +263,27 @@ def test_two_zero3_workers_match_one_worker_on_the_same_global_batch(zero3_two_w
     # The same rows, split across the ranks: the same real tokens; the padding depends on each rank's batch width.
     assert two["throughput"]["tokens"] == one["throughput"]["tokens"] > 0
     assert len(two["throughput"]["peak_memory_bytes_per_rank"]) == 2
+
+
+@pytest.mark.slow
+def test_a_resident_group_runs_zero3_runs_one_after_another_as_fresh_trainers_do(local_ray, tiny_target, tmp_path,
+                                                                                   zero3_two_workers):
+    """Two ZeRO-3 runs on one resident group of 2 workers (a sweep slot's trials): each builds its engine over the
+    target it loads and closes it at its end, so the second engine starts as in fresh processes; both give the
+    losses of a ZeRO-3 run on a TorchTrainer of its own."""
+    from dataclasses import replace
+
+    from orchestrator.run.resident import ResidentWorkers, UnlearnTask
+
+    (alone, _), (_, job) = zero3_two_workers, _job(tiny_target, 2, ZERO3)
+    job = replace(job, train=replace(job.train, checkpoint_every_epochs=None))  # a resident run's own: rank 0's
+    with ResidentWorkers(workers=2, cpus_per_worker=1, storage_root=tmp_path / "state") as workers:
+        for i in range(2):
+            summary = workers.run(UnlearnTask(job, str(tmp_path / f"run{i}"), {"run": f"run{i}"}))
+            assert summary.zero_stage == 3 and summary.world_size == 2
+            losses = [h["loss"] for h in summary.history]
+            assert losses == pytest.approx(_losses(alone), rel=WORKER_TOLERANCE), i
+        assert workers.starts == 1
 
 
 @pytest.mark.slow

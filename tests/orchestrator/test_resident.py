@@ -45,6 +45,8 @@ def test_a_run_that_does_not_fit_the_group_is_refused_before_any_work(tmp_path, 
     with pytest.raises(ValueError, match="on_report is for resident workers"):
         run.run_unlearning(_config(tmp_path), on_report=print, progress=print)
     workers.check_fits(WorkerSettings(workers=1, deepspeed="cluster/deepspeed/zero3.json"))  # its own engine
+    with pytest.raises(ConfigError, match="a DeepSpeed run's state is sharded across its workers"):
+        workers.check_fits(WorkerSettings(workers=1, deepspeed="cluster/deepspeed/zero3.json", max_failures=1))
     with pytest.raises(ConfigError, match="workers=0 must be >= 1"):
         ResidentWorkers(workers=0)
     assert not workers.alive

@@ -69,6 +69,12 @@ def test_trials_run_on_resident_slots_unless_asha_needs_a_trainer_each():
     zero3 = sweep_config().with_overrides(**{"train.deepspeed": "cluster/deepspeed/zero3.json"})
     assert resident_trials(zero3)
     check_sweep(zero3.with_overrides(**{"sweep.trial_workers": "resident"}))
+    # ... but its checkpoints are every rank's shard, which only a TorchTrainer of the trial's own reports.
+    checkpointed = zero3.with_overrides(**{"train.checkpoint_every_epochs": 1})
+    assert not resident_trials(checkpointed)
+    with pytest.raises(ConfigError, match="a DeepSpeed trial's state is sharded across its workers") as err:
+        check_sweep(checkpointed.with_overrides(**{"sweep.trial_workers": "resident"}))
+    assert "\n" not in str(err.value)
 
 
 def test_budget_counts_cells_seeds_and_a_missing_default_cell():
