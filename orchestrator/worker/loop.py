@@ -29,6 +29,7 @@ import torch
 import methods
 from methods import UnlearningMethod
 from orchestrator.observe.progress import Steps
+from orchestrator.worker.adapters import lay_adapters
 from orchestrator.worker.batching import UnlearningBatches, with_global_denominators
 from orchestrator.worker.checkpoint import has_train_state, load_train_state, save_train_state, written_in_place
 from orchestrator.worker.early_stop import PerplexityStop
@@ -115,7 +116,7 @@ class UnlearningWorker:
             self.model = engine.module
             self._build_stopper()
             return
-        model = self._adapters(model, parts)
+        model = lay_adapters(model, self.method, self.job, parts, self.world_size, self._to_device)
         model.train()
         self.method.restrict_trainable(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -149,33 +150,6 @@ class UnlearningWorker:
         bf16 = self.cfg.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return deepspeed_config(self.job.deepspeed_json or self.cfg.deepspeed, self.cfg.as_dict(), self.world_size,
                                 bf16, getattr(model.config, "hidden_size", None))
-
-    def _adapters(self, model: torch.nn.Module, parts: tuple[str, ...]) -> torch.nn.Module:
-        """FILA's or `train.lora`'s adapters, applied before any engine wraps the model.
-
-        FILA's Fisher estimate runs over the whole forget set on every worker (not the worker's shard), so that 1 or
-        N workers start from the same adapters; rank 0's result is then broadcast so that every copy is identical.
-        """
-        full = UnlearningBatches(self.job.rows, self.cfg.batch_size, self.job.pad_token_id, 0, 1, self.cfg.seed,
-                                 parts)
-        adapted = self.method.init_adapters(
-            model,
-            (self._to_device(b["forget"]) for b in full.epoch(0)),
-            (self._to_device(b["retain"]) for b in full.epoch(0) if "retain" in b),
-        )
-        if adapted is model and self.cfg.lora:
-            from peft import LoraConfig, get_peft_model
-
-            lora = self.cfg.lora
-            adapted = get_peft_model(model, LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"],
-                                                       target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
-        if adapted is not model and self.world_size > 1:
-            import torch.distributed as dist
-
-            with torch.no_grad():
-                for tensor in adapted.state_dict().values():
-                    dist.broadcast(tensor, src=0)
-        return adapted
 
     def resume(self) -> None:
         """Continue from the run's last checkpoint, if it has one (its own folder, else Ray Train's)."""
