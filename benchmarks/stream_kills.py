@@ -6,12 +6,15 @@ uninterrupted first, twice: the second run's wall time (warm: the models and bas
 are for every restart) sets the range of the kill times, and its metrics are the reference. Then the
 same stream, in another folder, is started and SIGKILLed after a random delay (uniform over 5% to 95% of the
 reference's wall time, from the process's start: Ray starting, the model being served, a request training, being
-evaluated or written), `--kills` times, each time from where the last one left; a last start runs it to the end.
+evaluated or written), each time from where the last one left, until `--kills` kills have stopped a running
+stream. A start that finishes the stream before its kill lands ends a round: that folder is checked, and the next
+kills go to a fresh folder (otherwise every later start would find the stream complete and the kills would stop
+nothing). The last round is run to its end.
 
-    python benchmarks/stream_kills.py [--kills 20] [--requests 5] [--seed 0] [--workdir DIR]
+    python benchmarks/stream_kills.py [--kills 20] [--requests 5] [--seed 0] [--workdir DIR] [--cache DIR]
 
-Prints one line per kill (its delay and how many requests were applied by then) and the checks; exits 1 if one
-fails. `tests/orchestrator/test_stream.py` runs it with 5 kills.
+Prints one line per start (its delay, how many requests were applied by then, whether the kill landed) and the
+checks of every round; exits 1 if one fails. `tests/orchestrator/test_stream.py` runs it with 5 kills.
 """
 
 from __future__ import annotations
@@ -84,14 +87,20 @@ def run_to_end(config: Path, out: Path, env: dict[str, str], log: Path) -> float
     return time.monotonic() - started
 
 
-def kill_at_random(config: Path, out: Path, env: dict[str, str], kills: int, span: tuple[float, float],
-                   rng: random.Random, logs: Path) -> list[dict[str, Any]]:
-    """Start the stream and SIGKILL it after a delay drawn from `span`, `kills` times; what each kill met."""
-    ledger = out / "ga" / "ledger.sqlite"
-    met = []
-    for i in range(kills):
+def kill_at_random(config: Path, workdir: Path, env: dict[str, str], kills: int, span: tuple[float, float],
+                   rng: random.Random) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Start the stream and SIGKILL it after a delay drawn from `span`, until `kills` kills have stopped a running
+    stream; a start that finishes first ends its round's folder. What each start met, and the rounds' folders (the
+    last one not yet finished)."""
+    met: list[dict[str, Any]] = []
+    rounds = [workdir / "killed-00"]
+    landed = 0
+    while landed < kills:
+        if len(met) >= 5 * kills:
+            raise RuntimeError(f"{len(met)} starts landed only {landed} kills: the kill window is too long")
+        out, i = rounds[-1], len(met)
         delay = rng.uniform(*span)
-        with open(logs / f"kill-{i:02d}.log", "w") as sink:
+        with open(workdir / f"start-{i:02d}.log", "w") as sink:
             process = subprocess.Popen(command(config, out), cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
             try:
                 process.wait(timeout=delay)
@@ -100,12 +109,18 @@ def kill_at_random(config: Path, out: Path, env: dict[str, str], kills: int, spa
                 process.wait()
         if process.returncode not in (0, -signal.SIGKILL):
             raise RuntimeError(f"start {i} failed (exit {process.returncode}): "
-                               f"{(logs / f'kill-{i:02d}.log').read_text()[-3000:]}")
+                               f"{(workdir / f'start-{i:02d}.log').read_text()[-3000:]}")
+        ledger = out / "ga" / "ledger.sqlite"
         applied = read_only_rows(ledger, "SELECT COUNT(*) FROM batches WHERE state = 'applied'")
         running = read_only_rows(ledger, "SELECT COUNT(*) FROM batches WHERE state = 'running'")
-        met.append({"kill": i, "delay_s": round(delay, 2), "finished_first": process.returncode == 0,
+        finished = process.returncode == 0
+        met.append({"start": i, "round": len(rounds) - 1, "delay_s": round(delay, 2), "finished_first": finished,
                     "applied": applied[0][0] if applied else 0, "running": running[0][0] if running else 0})
-    return met
+        if finished:
+            rounds.append(workdir / f"killed-{len(rounds):02d}")
+        else:
+            landed += 1
+    return met, rounds
 
 
 def final_metrics(out: Path) -> dict[str, Any]:
@@ -167,15 +182,23 @@ def main(argv: list[str] | None = None) -> int:
     wall = run_to_end(config, workdir / "reference", env, workdir / "reference.log")
     print(f"uninterrupted, warm: {args.requests} requests in {wall:.1f} s; killing at uniform({0.05 * wall:.1f}, "
           f"{0.95 * wall:.1f}) s after each start, {args.kills} times", flush=True)
-    met = kill_at_random(config, workdir / "killed", env, args.kills, (0.05 * wall, 0.95 * wall),
-                         random.Random(args.seed), workdir)
+    met, rounds = kill_at_random(config, workdir, env, args.kills, (0.05 * wall, 0.95 * wall),
+                                 random.Random(args.seed))
     for m in met:
-        print(f"kill {m['kill']:>2} after {m['delay_s']:>6.2f} s: {m['applied']} applied, {m['running']} running"
-              + (" (had already finished)" if m["finished_first"] else ""), flush=True)
-    landed = sum(1 for m in met if not m["finished_first"])
-    print(f"{landed} of {args.kills} kills stopped a running stream", flush=True)
-    run_to_end(config, workdir / "killed", env, workdir / "last.log")
-    result = {"kills": met, "kills_landed": landed, **checks(workdir / "killed", workdir / "reference", args.requests)}
+        print(f"start {m['start']:>2} (round {m['round']}) after {m['delay_s']:>6.2f} s: {m['applied']} applied, "
+              f"{m['running']} running, " + ("finished first: round over" if m["finished_first"] else "killed"),
+              flush=True)
+    landed = [m for m in met if not m["finished_first"]]
+    print(f"{len(landed)} kills stopped a running stream, over {len(met)} starts and {len(rounds)} round(s)",
+          flush=True)
+    run_to_end(config, rounds[-1], env, workdir / "last.log")
+    per_round = [checks(out, workdir / "reference", args.requests) for out in rounds]
+    result = {"kills": landed, "starts": met, "rounds": len(rounds),
+              "every_request_applied": all(r["every_request_applied"] for r in per_round),
+              "applied_once_in_order": all(r["applied_once_in_order"] for r in per_round),
+              "abandoned_batches": sum(r["abandoned_batches"] for r in per_round),
+              "largest_metric_difference": max(r["largest_metric_difference"] for r in per_round),
+              "metrics_equal": all(r["metrics_equal"] for r in per_round)}
     (workdir / "kills.json").write_text(json.dumps(result, indent=2))
     print(f"every request applied: {result['every_request_applied']}; each once, in order: "
           f"{result['applied_once_in_order']}; batches abandoned by a kill: {result['abandoned_batches']}; "
