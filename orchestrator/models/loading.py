@@ -65,6 +65,19 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> torc
             hf_logging.enable_progress_bar()
 
 
+def fresh_copy_of(module: torch.nn.Module, path: str | Path, dtype: torch.dtype) -> torch.nn.Module:
+    """A freshly loaded target (`path`) in `module`'s shape: wrapped in the same LoRA adapters where `module` has
+    them. It receives the weights of a module that DeepSpeed partitions or casts, to be evaluated or saved whole."""
+    model = load_causal_lm(path, dtype=dtype)
+    if hasattr(module, "peft_config"):
+        import copy
+
+        from peft import get_peft_model
+
+        model = get_peft_model(model, copy.deepcopy(module.peft_config["default"]))
+    return model
+
+
 def load_tokenizer(path: str):
     """The tokenizer saved in `path`, padding with its end-of-sequence token where it has no pad token."""
     from transformers import AutoTokenizer

@@ -53,9 +53,9 @@ def whole_on_rank_zero(model: torch.nn.Module, engine: "DeepSpeedStepEngine | No
         return model
     if rank != 0:
         return None
-    from orchestrator.models.loading import load_causal_lm
+    from orchestrator.models.loading import fresh_copy_of
 
-    plain = load_causal_lm(target_dir, dtype=getattr(torch, dtype))
+    plain = fresh_copy_of(engine.module, target_dir, getattr(torch, dtype))
     plain.load_state_dict(copy.state)
     return plain.to(device).eval()
 

@@ -207,10 +207,8 @@ class ApplyBatch:
         if state == "applied":
             if rank == 0:
                 checkpoint = self._write_checkpoint(model)
-        elif served.engine is None:
-            copy.restore(model, None, rank)
-        else:
-            copy.restore(served.model, served.engine, rank)
+        else:  # into the model the request trained: the engine's module under DeepSpeed
+            copy.restore(served.model if served.engine is not None else model, served.engine, rank)
         if served.engine is None:
             served.model = model  # under DeepSpeed the served model is the engine's module, rank 0's copy goes
         del copy

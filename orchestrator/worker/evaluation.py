@@ -84,18 +84,12 @@ def gathered_model(module: "torch.nn.Module", target_dir: str, dtype: str,
                    device: "torch.device") -> "torch.nn.Module":
     """A plain copy of a ZeRO-3-partitioned `module` on every rank (LoRA adapters merged): each parameter is
     all-gathered once, here, so that evaluation forwards need no collective. Every rank must call it."""
-    import copy
-
     import deepspeed
     import torch
 
-    from orchestrator.models.loading import load_causal_lm
+    from orchestrator.models.loading import fresh_copy_of
 
-    plain = load_causal_lm(target_dir, dtype=getattr(torch, dtype))
-    if hasattr(module, "peft_config"):
-        from peft import get_peft_model
-
-        plain = get_peft_model(plain, copy.deepcopy(module.peft_config["default"]))
+    plain = fresh_copy_of(module, target_dir, getattr(torch, dtype))
     own = dict(plain.named_parameters())
     with torch.no_grad():
         for name, parameter in module.named_parameters():

@@ -329,15 +329,9 @@ class UnlearningWorker:
         if self.ds_config is not None:
             if self.rank != 0:
                 return model
-            from orchestrator.models.loading import load_causal_lm
+            from orchestrator.models.loading import fresh_copy_of
 
-            model = load_causal_lm(self.job.target_dir, dtype=getattr(torch, self.job.dtype))
-            if hasattr(self.model, "peft_config"):
-                import copy
-
-                from peft import get_peft_model
-
-                model = get_peft_model(model, copy.deepcopy(self.model.peft_config["default"]))
+            model = fresh_copy_of(self.model, self.job.target_dir, getattr(torch, self.job.dtype))
             model.load_state_dict(state)
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
